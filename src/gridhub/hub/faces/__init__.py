@@ -1,0 +1,1 @@
+"""The hub's external APIs, one package per face."""

@@ -1,0 +1,1 @@
+"""Pure pipeline steps over records: mapping, curation, anonymisation."""
