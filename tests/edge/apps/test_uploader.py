@@ -109,7 +109,9 @@ class Edge:
         (tmp_path / "edge.toml").write_text(
             'version = 1\ndata_dir = "edge"\n'
             f'[marketplace]\nmode = "embedded"\nport = {free_port()}\n'
-            "[manager]\nstatus_interval = 0.3\nshutdown_grace = 3\nrestart_backoff = 0.1\n"
+            # 1 s between polls: a restarted uploader on a loaded machine may need a few seconds to start,
+            # and five unanswered polls stop an app for good (8.2.2)
+            "[manager]\nstatus_interval = 1.0\nshutdown_grace = 3\nrestart_backoff = 0.1\n"
             f'[storage]\nmax_length = 1000\n[storage.upload]\n"{UPLOADER}" = ["*"]\n'
             '[[app]]\nvendor = "test"\nname = "pub"\nversion = "1"\ninstance = "01"\nattached = true\npassword = "pw"\n'
             '[[app]]\nvendor = "gridhub"\nname = "uploader"\nversion = "1.0.0"\ninstance = "01"\n'
