@@ -122,7 +122,9 @@ def run(
             options = uvicorn_ssl_options(Path(settings.tls_cert), Path(settings.tls_key), client_ca)
         except TlsError as exc:
             raise _fail(str(exc)) from None
-    typer.echo(f"gridhub hub: X-FLEX API at {settings.url} (docs at {settings.url}), store {settings.store}")
+    base = settings.url.removesuffix("/api/v2")
+    typer.echo(f"gridhub hub: status page at {base}/, X-FLEX API at {settings.url} (OpenAPI docs at {base}/docs)")
+    typer.echo(f"gridhub hub: store {settings.store}")
     sys.stdout.flush()
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level.lower(), **options)
 
