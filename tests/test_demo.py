@@ -107,7 +107,7 @@ def test_demo_runs_the_hub_and_three_substations_and_stops_every_process(tmp_pat
         output.thread.join(5)
         assert "stopping the hub" in output.text
         text = output.text
-        assert text.index("stopping 3 edge runtime(s)") < text.index("stopping the hub")
+        assert text.index("stopping 3 edge runtimes") < text.index("stopping the hub")
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
     finally:

@@ -383,7 +383,9 @@ class Platform:
                 out.flush()
 
         if self.edges:
-            say(f"stopping {len(self.edges)} edge runtime(s) (apps shut down as LV-CAP section 6 says)...")
+            count = len(self.edges)
+            runtimes = "1 edge runtime" if count == 1 else f"{count} edge runtimes"
+            say(f"stopping {runtimes} (apps shut down as LV-CAP section 6 says)...")
         for child in self.edges:
             _signal(child, signal.SIGTERM)
         for child in self.edges:
