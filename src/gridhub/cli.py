@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -565,20 +566,37 @@ def app_new(
     version: Annotated[str, typer.Option("--version", help="Application Version (digits, letters, '.', '-').")] = (
         "0.1.0"
     ),
+    no_wheel: Annotated[
+        bool, typer.Option("--no-wheel", help="Leave wheels/ without a gridhub wheel (you copy one there).")
+    ] = False,
 ) -> None:
     """Create a complete LV-CAP app project: SDK app, config example, replay tests, Dockerfile, README."""
-    from gridhub.sdk.scaffold import ScaffoldError, scaffold
+    from gridhub import __version__ as gridhub_version
+    from gridhub.sdk.scaffold import WHEELS_DIR, ScaffoldError, scaffold
 
+    if not no_wheel:
+        typer.echo(f"creating the project with a wheel of gridhub {gridhub_version} in {WHEELS_DIR}/ ...")
     try:
-        path = scaffold(name, vendor, directory=folder, version=version)
+        path = scaffold(name, vendor, directory=folder, version=version, wheel=not no_wheel)
     except ScaffoldError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
     except OSError as exc:
         _err(f"cannot create the project: {exc}")
         raise typer.Exit(1) from None
+    wheels = sorted((path / WHEELS_DIR).glob("gridhub-*.whl"))
     typer.echo(f"created {vendor}/{name}:{version} in {path}")
-    typer.echo(f"next: cd {path} && pip install -e '.[dev]' && pytest && gridhub app check . --config config.json")
+    if wheels:
+        typer.echo(
+            f"{WHEELS_DIR}/{wheels[0].name}: gridhub for pip install --find-links {WHEELS_DIR} (and the Dockerfile)"
+        )
+    else:
+        typer.echo(f"{WHEELS_DIR}/ has no gridhub wheel: copy one there before installing (see {WHEELS_DIR}/README.md)")
+    typer.echo("next, in a virtual environment (python -m venv .venv && . .venv/bin/activate):")
+    typer.echo(
+        f"  cd {shlex.quote(str(path))} && python -m pip install --find-links {WHEELS_DIR} -e '.[dev]'"
+        " && python -m pytest && gridhub app check . --config config.json"
+    )
 
 
 @app_kit.command("replay")
@@ -609,8 +627,11 @@ def app_replay(
     if output is not None and not output.parent.is_dir():
         _err(f"--output {output}: folder {output.parent} does not exist")
         raise typer.Exit(2)
+    warnings: list[str] = []
     try:
-        records = replay_target(target, identity, container_config, inputs, quiet_ms=quiet_ms, timeout=timeout)
+        records = replay_target(
+            target, identity, container_config, inputs, quiet_ms=quiet_ms, timeout=timeout, warn=warnings.append
+        )
     except ReplayError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
@@ -620,7 +641,10 @@ def app_replay(
         with output.open("w", encoding="utf-8") as handle:
             write_jsonl(records, handle)
     where = "stdout" if output is None else str(output)
-    Console(stderr=True).print(
+    stderr = Console(stderr=True)
+    for warning in warnings:
+        stderr.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    stderr.print(
         f"{identity.iid}: {len(inputs)} inputs fed, {len(records)} messages recorded to {where}", highlight=False
     )
 
@@ -683,6 +707,9 @@ def app_check(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each expected reaction.")] = 5.0,
     poll_interval: Annotated[float, typer.Option(help="Status polls must be answered within this.")] = 1.0,
     grace: Annotated[float, typer.Option(help="Seconds allowed to shut down after the command.")] = 10.0,
+    poll_gap: Annotated[
+        float, typer.Option(help="missed-poll: seconds without polls before one that must still be answered.")
+    ] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     vendor: VendorOption = None,
     name: NameOption = None,
@@ -698,6 +725,7 @@ def app_check(
         timeout=timeout,
         poll_interval=poll_interval,
         grace=grace,
+        poll_gap=poll_gap,
         bad_config=_config(bad_config, identity.iid) if bad_config is not None else None,
         inputs=_inputs(input_file, mapping, None),
     )

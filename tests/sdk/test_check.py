@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from gridhub.cli import app as cli
@@ -112,6 +113,38 @@ BAD_APP = textwrap.dedent(
     """
 )
 
+# The status/request branch of GOOD_APP, and two ways plain-paho apps get it wrong in the field.
+_ANSWER_POLL = """
+    if m.topic == "status/request":
+        if not state["stopping"]:
+            status(1 if state["config"] else 5)
+"""
+# A watchdog that decides the manager is gone when polls pause for 2 s, and goes quiet for good.
+_QUIET_AFTER_A_GAP = """
+    if m.topic == "status/request":
+        now = time.monotonic()
+        if now - state.setdefault("last_poll", now) > 2.0:
+            state["orphaned"] = True
+        state["last_poll"] = now
+        if not state["stopping"] and not state.get("orphaned"):
+            status(1 if state["config"] else 5)
+"""
+# Coalesces polls: one answer 0.2 s after the first poll of a batch, however many came meanwhile.
+_ONE_ANSWER_PER_BURST = """
+    if m.topic == "status/request":
+        if not state["stopping"] and not state.get("pending"):
+            state["pending"] = True
+            def answer():
+                state["pending"] = False
+                status(1 if state["config"] else 5)
+            threading.Timer(0.2, answer).start()
+"""
+assert _ANSWER_POLL[1:] in GOOD_APP
+QUIET_AFTER_A_GAP_APP = GOOD_APP.replace(_ANSWER_POLL[1:], _QUIET_AFTER_A_GAP[1:])
+ONE_ANSWER_PER_BURST_APP = GOOD_APP.replace(_ANSWER_POLL[1:], _ONE_ANSWER_PER_BURST[1:]).replace(
+    "import json, os, time", "import json, os, threading, time"
+)
+
 IDENTITY = AppIdentity(vendor="acme", name="scaler", version="1.0.0")
 GOOD_CONFIG = {"input": "sensor/data/acme_meter_01/load", "scale": 2}
 
@@ -142,8 +175,10 @@ def test_a_correct_plain_paho_app_passes_every_rule(tmp_path: Path) -> None:
     )
     results = outcomes(report)
     assert report.passed, report.to_json()
-    assert results == {rule.id: ("skip" if rule.id == "missed-poll" else "pass") for rule in RULES}
+    assert results == {rule.id: "pass" for rule in RULES}
     assert "after SIGKILL the broker published" in report.result("lwt").detail
+    assert "after a 3 s gap answered in" in report.result("missed-poll").detail
+    assert "5 back-to-back polls all answered with 1" in report.result("missed-poll").detail
 
 
 def test_a_faulty_app_fails_exactly_the_rules_it_breaks(tmp_path: Path) -> None:
@@ -164,7 +199,7 @@ def test_a_faulty_app_fails_exactly_the_rules_it_breaks(tmp_path: Path) -> None:
         "own-topics",
         "qos-retain",
     }
-    assert results["config-ok"] == results["status-poll"] == results["config-twice"] == "pass"
+    assert results["config-ok"] == results["status-poll"] == results["config-twice"] == results["missed-poll"] == "pass"
     assert "'bad-client'" in report.result("connect").detail
     assert "QoS 0" in report.result("config-request").detail
     assert "no Last Will" in report.result("lwt").detail
@@ -239,3 +274,22 @@ def test_a_given_bad_config_drives_the_error_path(tmp_path: Path) -> None:
     error_path = next(r for r in report["results"] if r["rule"] == "config-error")
     assert error_path["outcome"] == "pass"
     assert "status 5" in error_path["detail"] and "need ContainerConfig.scale" in error_path["detail"]
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        (QUIET_AFTER_A_GAP_APP, "no answer within 1 s to the poll after a 3 s gap"),
+        (ONE_ANSWER_PER_BURST_APP, "5 back-to-back polls got 1 answers within 1 s"),
+    ],
+    ids=["quiet-after-a-gap", "one-answer-per-burst"],
+)
+def test_an_app_that_misses_polls_after_a_gap_or_in_a_burst_fails_missed_poll(
+    tmp_path: Path, source: str, problem: str
+) -> None:
+    script = write_app(tmp_path, source, "app.py")
+    report = check(resolve_target([sys.executable, str(script)]), IDENTITY, GOOD_CONFIG,
+                   CheckOptions(timeout=5.0, grace=5.0, poll_gap=3.0))  # fmt: skip
+    assert report.failed() == ["missed-poll"], report.to_json()
+    detail = report.result("missed-poll").detail
+    assert problem in detail and "restarts an app after three unanswered polls" in detail

@@ -222,3 +222,47 @@ def test_record_refuses_a_bad_broker_address(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["app", "record", "--broker", "host:port", "--output", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "expected HOST:PORT" in result.output
+
+
+def test_inputs_on_topics_the_app_never_subscribed_to_are_named_in_a_warning(sdk_app: list[str]) -> None:
+    other, typo = "sensor/data/acme_meter_02/load", "sensor/data/acme_meter_01/laod"
+    inputs = [scalar(1, 1.0), {**scalar(2, 2.0), "topic": other}, {**scalar(3, 3.0), "topic": typo},
+              {**scalar(4, 4.0), "topic": other}]  # fmt: skip
+    warnings: list[str] = []
+    records = replay(sdk_app, inputs, {"input": TOPIC}, identity=IDENTITY, warn=warnings.append)
+    assert [r.after_input for r in records] == [1]  # only the subscribed topic reached the app
+    assert len(warnings) == 1
+    warning = warnings[0]
+    assert warning.startswith("acme_doubler_01: 3 inputs went to topics no subscription of the app matched")
+    assert f"{other} (2), {typo} (1)" in warning
+    assert f"Its subscriptions: status/request, config/response/acme_doubler_01, command/acme_doubler_01, {TOPIC}" in (
+        warning
+    )
+    assert TOPIC + " (" not in warning
+
+
+def test_a_replay_whose_inputs_all_reach_the_app_warns_nothing(sdk_app: list[str]) -> None:
+    warnings: list[str] = []
+    replay(sdk_app, [scalar(1, 1.0), scalar(2, 2.0)], {"input": "sensor/data/+/load"}, identity=IDENTITY,
+           warn=warnings.append)  # fmt: skip
+    assert warnings == []
+
+
+def test_cli_warns_on_stderr_about_inputs_nobody_subscribed_to(tmp_path: Path, sdk_app: list[str]) -> None:
+    inputs = tmp_path / "in.jsonl"
+    stray = "sensor/data/acme_meter_09/load"
+    inputs.write_text("\n".join(json.dumps(m) for m in (scalar(1, 1.0), {**scalar(2, 2.0), "topic": stray})) + "\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"input": TOPIC}))
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        ["app", "replay", "--input", str(inputs), "--config", str(config), "--output", str(out),
+         "--vendor", "acme", "--name", "doubler", "--", *sdk_app],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: acme_doubler_01: 1 input went to topics no subscription of the app matched" in result.stderr
+    assert f"{stray} (1)" in result.stderr
+    assert "2 inputs fed, 1 messages recorded" in result.stderr
+    assert "warning" not in result.stdout
+    assert len(out.read_text().splitlines()) == 1

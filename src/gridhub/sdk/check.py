@@ -13,7 +13,8 @@ The run, in order:
    expect STATUS_INITIAL or STATUS_ERROR plus an error report, then answer with the valid one
    (re-sending it on STATUS_INITIAL, restarting the app on STATUS_ERROR, as the manager does);
 3. expect STATUS_MSG_OK; deliver the same configuration again; feed --input messages if given;
-4. poll status a few times; send the shut-down command; expect STATUS_SHUT_DWN and an exit;
+4. poll status a few times; leave a gap without polls, then poll once and then in a burst: the
+   app must answer each (missed-poll); send the shut-down command; expect STATUS_SHUT_DWN and an exit;
 5. start the app again, configure it and SIGKILL it: the broker must publish its Last Will.
 
 Then every rule in RULES is judged from the log: pass, fail (with what was seen) or skip (with why).
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 Outcome = Literal["pass", "fail", "skip"]
 STATUS_SHUT_DWN = 4
 POLLS = 3
+POLL_BURST = 5
+"""Back-to-back polls of the missed-poll rule: a manager may poll faster than the app expects."""
 _STANDARD_KEYS = frozenset({"Value", "Coordinates", "StartPoint", "Interval"})
 
 
@@ -99,7 +102,11 @@ RULES: tuple[Rule, ...] = (
     Rule("config-ok", "Valid configuration: STATUS_MSG_OK", "5.2 step 6"),
     Rule("config-twice", "The same configuration delivered twice is harmless", "8.2.1"),
     Rule("status-poll", "Answers status/request within the poll interval with STATUS_MSG_OK", "8.2.2"),
-    Rule("missed-poll", "Missed status polls lead to a restart", "8.2.2"),
+    Rule(
+        "missed-poll",
+        "Keeps answering polls that come slower (after a gap) or faster (a burst) than usual",
+        "8.2.2, 5.3 Table 2",
+    ),
     Rule("shutdown", "Shut-down command: STATUS_SHUT_DWN, then the process exits within the grace", "6, 8.2.3"),
     Rule("lwt", "Last Will on status/response/<IID> with a failure status, published when killed", "8.1.3"),
     Rule("topic-names", "Every published topic is a valid LV-CAP topic name", "4.4"),
@@ -172,6 +179,7 @@ class CheckOptions:
     timeout: float = 5.0  # for each expected reaction (connect, status after a config, ...)
     poll_interval: float = 1.0  # an answer to status/request must come within this
     grace: float = 10.0  # after the shut-down command, STATUS_SHUT_DWN and exit within this
+    poll_gap: float = 3.0  # missed-poll: no poll for this long, then one must still be answered
     bad_config: Mapping[str, Any] | None = None  # a ContainerConfig the app must refuse
     inputs: Sequence[InputMessage] = ()  # fed while the app runs, to see its outputs
 
@@ -231,11 +239,7 @@ class _Checker:
             self.check_twice()
             self.feed_inputs()
             self.check_polls()
-            self.verdict(
-                "missed-poll",
-                "skip",
-                "the Container Manager's duty (restart after missed polls); nothing to check in the app",
-            )
+            self.check_missed_polls()
             self.check_shutdown()
         self.events_run1 = self.h.broker_log.snapshot()
         self.check_will_by_kill()
@@ -339,6 +343,58 @@ class _Checker:
         else:
             slowest = max(latencies) * 1000 if latencies else 0.0
             self.verdict("status-poll", "pass", f"{POLLS} polls answered with 1, slowest in {slowest:.0f} ms")
+
+    def check_missed_polls(self) -> None:
+        """Poll after a gap, then POLL_BURST times back to back: every poll needs its STATUS_MSG_OK.
+
+        The manager counts each unanswered poll and restarts the app after three (8.2.2), so an app
+        that goes quiet when polls pause (a watchdog that gives up, a loop that sleeps) or that
+        answers only some of a burst (rate limiting, coalescing) gets restarted in the field.
+        """
+        h = self.h
+        problems: list[str] = []
+        if h.wait_exit(self.o.poll_gap) is not None:
+            self.verdict("missed-poll", "fail", f"the app exited during a {self.o.poll_gap:g} s gap without polls")
+            return
+        since = h.mark()
+        sent = time.monotonic()
+        h.poll()
+        status = h.wait_status(since, lambda s: True, self.o.poll_interval)
+        answers = h.statuses(since)
+        gap_detail = ""
+        if status is None or not answers:
+            problems.append(
+                f"no answer within {self.o.poll_interval:g} s to the poll after a {self.o.poll_gap:g} s gap"
+            )
+        else:
+            event, code = answers[0]
+            gap_detail = f"after a {self.o.poll_gap:g} s gap answered in {(event.time - sent) * 1000:.0f} ms"
+            if code != STATUS_OK:
+                problems.append(f"the poll after a {self.o.poll_gap:g} s gap got Status {code} (expected 1)")
+        since = h.mark()
+        for _ in range(POLL_BURST):
+            h.poll()
+        topic = status_response_topic(self.iid)
+
+        def burst_answered(events: list[BrokerEvent]) -> bool:
+            answered = sum(1 for e in events[since:] if e.kind == "publish" and e.topic == topic)
+            return answered >= POLL_BURST
+
+        h.broker_log.wait(burst_answered, self.o.poll_interval)
+        codes = [code for _, code in h.statuses(since)]
+        if len(codes) < POLL_BURST:
+            problems.append(
+                f"{POLL_BURST} back-to-back polls got {len(codes)} answers within {self.o.poll_interval:g} s"
+            )
+        elif any(code != STATUS_OK for code in codes):
+            problems.append(f"{POLL_BURST} back-to-back polls got Status {codes} (expected all 1)")
+        if not h.alive():
+            problems.append("the app exited")
+        if problems:
+            why = " (the Container Manager restarts an app after three unanswered polls)"
+            self.verdict("missed-poll", "fail", "; ".join(problems) + why)
+        else:
+            self.verdict("missed-poll", "pass", f"{gap_detail}; {POLL_BURST} back-to-back polls all answered with 1")
 
     def check_shutdown(self) -> None:
         h = self.h

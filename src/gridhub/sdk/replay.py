@@ -1033,6 +1033,9 @@ class _Recorder:
         self.request_topic = config_request_topic(iid)
         self.records: list[RecordedMessage] = []
         self.after_input = 0
+        self.filters: list[str] = []  # the app's granted subscriptions so far
+        self.refused: list[str] = []  # the subscriptions the ACL refused
+        self.unmatched: dict[str, int] = {}  # input topic -> inputs fed while no subscription matched it
         self.answered = 0  # status/responses seen (answers to markers and polls)
         self.last_activity = time.monotonic()
         self.seq = itertools.count(1)
@@ -1042,7 +1045,10 @@ class _Recorder:
         if event.kind not in ("publish", "subscribe"):
             return
         self.last_activity = time.monotonic()
-        if event.kind == "subscribe" or event.topic == self.request_topic:
+        if event.kind == "subscribe":
+            self._subscribed(event)
+            return
+        if event.topic == self.request_topic:
             return
         if event.topic == self.status_topic:
             self.answered += 1
@@ -1054,9 +1060,36 @@ class _Recorder:
             )
         )
 
+    def _subscribed(self, event: BrokerEvent) -> None:
+        (self.filters if event.allowed else self.refused).append(event.topic)
+
+    def note_input(self, topic: str) -> None:
+        """Count an input about to be fed when none of the app's subscriptions matches its topic."""
+        if not any(topic_matches(topic_filter, topic) for topic_filter in self.filters):
+            self.unmatched[topic] = self.unmatched.get(topic, 0) + 1
+
+    def unmatched_warning(self) -> str | None:
+        """Say which input topics no subscription of the app matched, with how many inputs each."""
+        if not self.unmatched:
+            return None
+        total = sum(self.unmatched.values())
+        topics = ", ".join(f"{topic} ({count})" for topic, count in self.unmatched.items())
+        text = (
+            f"{total} input{'s' if total != 1 else ''} went to topics no subscription of the app matched, so it "
+            f"never received {'them' if total != 1 else 'it'}: {topics}. Its subscriptions: "
+            + (", ".join(dict.fromkeys(self.filters)) or "none")
+        )
+        refused = [f for f in dict.fromkeys(self.refused) if any(topic_matches(f, t) for t in self.unmatched)]
+        if refused:
+            text += f"; refused by the marketplace ACL: {', '.join(refused)}"
+        return text
+
     def attach(self, broker_log: BrokerLog) -> None:
-        """Start recording what the broker log sees."""
+        """Start recording what the broker log sees (subscriptions made before count too)."""
         with broker_log.condition:
+            for event in broker_log.events:
+                if event.kind == "subscribe":
+                    self._subscribed(event)
             broker_log.listeners.append(self.on_event)
 
     def detach(self, broker_log: BrokerLog) -> None:
@@ -1076,12 +1109,15 @@ def run_replay(
     *,
     quiet_ms: float = 0.0,
     recorder: _Recorder | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[RecordedMessage]:
     """Feed inputs into the app of a started harness (already configured) and return its outputs.
 
     Before the first input the app is given time to subscribe to its inputs (an SDK app does so
     in start(), after reporting STATUS_MSG_OK): until each input topic matches one of its
-    subscriptions, or it has been quiet for a while, then one marker round trip.
+    subscriptions, or it has been quiet for a while, then one marker round trip. Inputs fed on a
+    topic none of the app's subscriptions matched at that moment are named in one warning, passed
+    to warn (default: this module's logger).
     """
     own = recorder is None
     recorder = recorder or _Recorder(harness.iid)
@@ -1093,6 +1129,7 @@ def run_replay(
         for index, message in enumerate(inputs, 1):
             with broker_log.condition:
                 recorder.after_input = index
+                recorder.note_input(message.topic)
             try:
                 harness.client.publish(message.topic, message.payload, qos=1)
             except MarketplaceError as exc:
@@ -1103,7 +1140,11 @@ def run_replay(
     finally:
         recorder.detach(broker_log)
     with broker_log.condition:
-        return list(recorder.records)
+        warning = recorder.unmatched_warning()
+        records = list(recorder.records)
+    if warning is not None:
+        (warn or log.warning)(f"{harness.iid}: {warning}")
+    return records
 
 
 def _settle(harness: Harness, recorder: _Recorder, inputs: Sequence[InputMessage]) -> None:
@@ -1162,13 +1203,15 @@ def replay(
     quiet_ms: float = 0.0,
     timeout: float = DEFAULT_TIMEOUT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    warn: Callable[[str], None] | None = None,
 ) -> list[RecordedMessage]:
     """Run app under the harness, feed inputs in order and return every message it published.
 
     app: a project folder, ``"package.module:Class"``, an App subclass or an argv list.
     inputs: a .jsonl/.csv file (CSV needs ``read_inputs`` with a column map) or messages.
     config: the ContainerConfig (a mapping or a JSON file). Raises ReplayError when the app
-    cannot be started or configured, or stops answering.
+    cannot be started or configured, or stops answering. warn gets the warning naming inputs
+    on topics the app had not subscribed to (default: logged).
     """
     target = resolve_target(app)
     messages = _as_inputs(inputs)
@@ -1176,7 +1219,14 @@ def replay(
     if isinstance(config, str | Path):
         config = load_config(config, ident.iid)
     return replay_target(
-        target, ident, config or {}, messages, quiet_ms=quiet_ms, timeout=timeout, shutdown_grace=shutdown_grace
+        target,
+        ident,
+        config or {},
+        messages,
+        quiet_ms=quiet_ms,
+        timeout=timeout,
+        shutdown_grace=shutdown_grace,
+        warn=warn,
     )
 
 
@@ -1189,6 +1239,7 @@ def replay_target(
     quiet_ms: float = 0.0,
     timeout: float = DEFAULT_TIMEOUT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    warn: Callable[[str], None] | None = None,
 ) -> list[RecordedMessage]:
     """Start the app under a harness, configure it, feed inputs, shut it down; return its outputs.
 
@@ -1200,7 +1251,7 @@ def replay_target(
         recorder.attach(harness.broker_log)
         harness.launch()
         harness.wait_configured()
-        records = run_replay(harness, inputs, quiet_ms=quiet_ms, recorder=recorder)
+        records = run_replay(harness, inputs, quiet_ms=quiet_ms, recorder=recorder, warn=warn)
         harness.shutdown(shutdown_grace)
     return records
 
