@@ -259,3 +259,13 @@ def test_a_fresh_venv_follows_the_printed_next_steps_and_the_dockerfile(tmp_path
     assert cmd == ["python", "-m", "acme_second"]
     for module in _where(venv, ["gridhub", "acme_second", "acme_second.__main__"], tmp_path, env):
         assert module.is_relative_to(venv.resolve())  # both installed by the image's RUN, not from the sources
+
+
+def test_the_project_folder_gets_the_usual_permissions(tmp_path: Path) -> None:
+    """Not the 0700 of the staging folder: a team shares the project, a Docker build reads it."""
+    umask = os.umask(0o022)
+    try:
+        target = scaffold("thermal", "acme", directory=tmp_path / "shared", wheel=False)
+    finally:
+        os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o755

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -265,6 +266,10 @@ def scaffold(
                     f"{exc}\nThe project needs a gridhub wheel in {WHEELS_DIR}/ (gridhub is on no public package "
                     "index). Create it without one (gridhub app new --no-wheel) and copy a gridhub wheel there."
                 ) from None
+        # mkdtemp made the staging folder 0700; the project folder gets the mode mkdir would give it.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         if target.exists():
             target.rmdir()
         staging.rename(target)
