@@ -373,9 +373,59 @@ def test_attached_app_restart_asks_it_to_shut_down_and_waits_for_its_developer()
     assert m.unanswered_polls(3) == [SEND_SHUTDOWN]
     assert m.record.state is AppState.RESTARTING
     assert m.record.restarts == 1
-    assert m.poll() == []  # not counted while it is down
+    assert m.poll() == []  # the 4th failure: counted, no action yet
     assert m.send(EventKind.CONFIG_REQUEST) == [SEND_CONFIG]  # the developer started it again
     assert m.record.state is AppState.WAITING_CONFIG
+    assert m.poll() == []  # a request sent while it was down is not held against it
+    assert m.status(1) == []
+    assert m.record.state is AppState.RUNNING and m.record.consecutive_failures == 0
+
+
+def test_attached_app_that_ignores_the_shutdown_command_fails_permanently_at_five() -> None:
+    """8.2.2: an attached app that answers neither the polls nor the shutdown command is not left restarting."""
+    m = Machine(attached=True)
+    m.running()
+    assert m.unanswered_polls(3) == [SEND_SHUTDOWN]
+    assert m.record.state is AppState.RESTARTING
+    assert m.poll() == []
+    assert m.record.consecutive_failures == 4
+    actions = m.poll()
+    assert [a.kind for a in actions] == [ActionKind.RECORD_ERROR, ActionKind.SEND_SHUTDOWN]
+    assert "stopped permanently after 5 consecutive failures" in actions[0].message
+    assert m.record.state is AppState.FAILED_PERMANENTLY
+    assert m.poll() == []  # no further counting once stopped for good
+    assert m.record.consecutive_failures == 5
+
+
+def test_attached_app_status_shut_dwn_while_restarting_marks_it_shut_down() -> None:
+    m = Machine(attached=True)
+    m.running()
+    assert m.unanswered_polls(3) == [SEND_SHUTDOWN]
+    assert m.status(4) == []  # it obeyed the shutdown command
+    assert m.record.state is AppState.SHUT_DOWN
+    assert m.poll() == [] and m.poll() == []  # down: polls are not failures
+    assert m.record.consecutive_failures == 3
+    assert m.send(EventKind.CONFIG_REQUEST) == [SEND_CONFIG]  # its developer started it again
+    assert m.record.state is AppState.WAITING_CONFIG
+
+
+def test_attached_app_shut_dwn_message_while_restarting_is_stored() -> None:
+    m = Machine(attached=True)
+    m.running()
+    m.unanswered_polls(3)
+    assert m.status(4, "bye") == [Action(ActionKind.RECORD_ERROR, "bye")]
+    assert m.record.state is AppState.SHUT_DOWN
+
+
+def test_spawned_app_restarting_ignores_status_and_is_not_polled() -> None:
+    """A spawned app being terminated for a restart: its last words change nothing, polls count nothing."""
+    m = Machine()
+    m.running()
+    assert m.unanswered_polls(3) == [TERMINATE]
+    assert m.record.state is AppState.RESTARTING
+    assert m.status(4) == []
+    assert m.poll() == [] and m.poll() == []
+    assert m.record.state is AppState.RESTARTING and m.record.consecutive_failures == 3
 
 
 def test_attached_app_fails_permanently_after_five() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gridhub.edge.marketplace import (
+    AUTOSAVE_INTERVAL,
     Marketplace,
     MarketplacePaths,
     MarketplaceSettings,
@@ -21,6 +23,7 @@ from gridhub.edge.marketplace import (
     acl_allows,
     render_mosquitto_acl,
     render_mosquitto_conf,
+    render_mosquitto_dynsec,
     render_mosquitto_passwords,
     tls_client_context,
 )
@@ -507,3 +510,85 @@ def test_no_qos1_message_is_lost_under_a_burst(marketplace: Marketplace, probes:
     )
     payloads = [storage.next_message().payload for _ in range(count)]
     assert sorted(int(p) for p in payloads) == list(range(count))
+
+
+# --- client ids (Table 4) and persistence -------------------------------------------------------
+
+
+def test_dynsec_binds_each_single_instance_account_to_its_client_id() -> None:
+    bound = MarketplaceUser("acme_up_1.0", "up-pw", iid="acme_up_01", client_ids=("acme_up_1.0",))
+    shared = MarketplaceUser("acme_multi_1", "m-pw", iid="acme_multi_01", iids=("acme_multi_02",),
+                             client_ids=("acme_multi_1-01", "acme_multi_1-02"))  # fmt: skip
+    document = json.loads(render_mosquitto_dynsec([bound, shared, MANAGER, STORAGE]))
+    clients = {client["username"]: client for client in document["clients"]}
+    assert clients["acme_up_1.0"]["clientid"] == "acme_up_1.0"
+    # The plugin binds one client id per username: an account shared by several instances stays unbound.
+    assert "clientid" not in clients["acme_multi_1"]
+    assert set(clients) == {"acme_up_1.0", "acme_multi_1"}  # core accounts: password file only
+
+
+def test_account_allows_only_its_client_ids() -> None:
+    bound = MarketplaceUser("acme_up_1.0", "up-pw", iid="acme_up_01", client_ids=("acme_up_1.0",))
+    assert bound.allows_client_id("acme_up_1.0")
+    assert not bound.allows_client_id("acme_plain_1.0") and not bound.allows_client_id(None)
+    assert MANAGER.allows_client_id("any-tool")
+    with pytest.raises(ValueError, match="client id"):
+        MarketplaceUser("acme_up_1.0", "up-pw", iid="acme_up_01", client_ids=("bad id",))
+
+
+def test_managed_conf_persists_the_broker_state_in_the_marketplace_directory(tmp_path: Path) -> None:
+    paths = MarketplacePaths(directory=tmp_path / "marketplace", dynsec_plugin=Path("/usr/lib/dynsec.so"))
+    conf = render_mosquitto_conf(MarketplaceSettings(mode="managed"), paths).splitlines()
+    assert "persistence true" in conf
+    assert f"persistence_location {paths.directory}/" in conf
+    assert f"autosave_interval {AUTOSAVE_INTERVAL}" in conf
+    assert "persistence false" not in conf
+
+
+def test_external_conf_says_how_client_ids_are_bound(tmp_path: Path) -> None:
+    with_plugin = MarketplacePaths(directory=tmp_path, dynsec_plugin=Path("/usr/lib/dynsec.so"))
+    text = render_mosquitto_conf(MarketplaceSettings(mode="external"), with_plugin, managed=False)
+    assert "plugin /usr/lib/dynsec.so" in text and "client id" in text
+    without = MarketplacePaths(directory=tmp_path, dynsec_plugin=None)
+    text = render_mosquitto_conf(MarketplaceSettings(mode="external"), without, managed=False)
+    assert "cannot bind a username to a client id" in text
+    assert "persistence true" in text  # as advice for the main configuration
+    assert not any(line.startswith("persistence ") for line in text.splitlines())
+
+
+@pytest.mark.parametrize("mode", ["embedded", pytest.param("managed", marks=pytest.mark.mosquitto)])
+def test_connection_with_another_accounts_client_id_is_refused_and_the_owner_stays(
+    tmp_path: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
+    binary = request.getfixturevalue("mosquitto_binary") if mode == "managed" else "mosquitto"
+    owner = MarketplaceUser("acme_plain_1.0", "plain-pw", iid="acme_plain_01", client_ids=("acme_plain_1.0",))
+    other = MarketplaceUser("acme_up_1.0", "up-pw", iid="acme_up_01", client_ids=("acme_up_1.0",))
+    settings = MarketplaceSettings(mode=mode, port=free_port(), mosquitto=binary)  # type: ignore[arg-type]
+    with Marketplace(settings, tmp_path, [owner, other, MANAGER, STORAGE]) as market:
+        address = market.address_for(owner)
+        dropped = threading.Event()
+        victim = paho.Client(CallbackAPIVersion.VERSION2, client_id="acme_plain_1.0")
+        victim.username_pw_set(owner.username, owner.password)
+        victim.on_disconnect = lambda *args: dropped.set()
+        victim.connect(address.host, address.port)
+        victim.loop_start()
+        try:
+            for username, password in ((other.username, other.password), (owner.username, "wrong")):
+                codes: queue.Queue[object] = queue.Queue()
+                thief = paho.Client(CallbackAPIVersion.VERSION2, client_id="acme_plain_1.0")
+                thief.username_pw_set(username, password)
+                thief.on_connect = lambda c, u, f, reason, p, codes=codes: codes.put(reason)
+                thief.connect(address.host, address.port)
+                thief.loop_start()
+                try:
+                    reason = codes.get(timeout=WAIT)
+                    assert getattr(reason, "is_failure", False), f"{username} was accepted: {reason}"
+                finally:
+                    thief.disconnect()
+                    thief.loop_stop()
+            # A round trip after the refusals: the owner's connection was never dropped.
+            assert victim.publish("sensor/data/acme_plain_01/x", b"{}", qos=1).wait_for_publish(WAIT) is None
+            assert victim.is_connected() and not dropped.is_set()
+        finally:
+            victim.disconnect()
+            victim.loop_stop()

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psutil
+import pytest
 
 from gridhub.edge.config import load_config
-from gridhub.edge.manager import app_data_dir, read_status
-from gridhub.edge.runtime import EdgeRuntime, marketplace_users, read_pid
+from gridhub.edge.manager import app_data_dir, app_environment, read_status
+from gridhub.edge.runtime import EdgeRuntime, marketplace_users, read_pid, reap_orphans
+from gridhub.sdk.mqtt import BrokerAddress
 from tests.conftest import free_port, wait_for
 
 APP = textwrap.dedent(
@@ -91,6 +96,21 @@ def test_marketplace_users_keep_passwords_and_configured_ones(tmp_path: Path) ->
     assert len(generated) >= 24 and users["gridhub-manager"].password != generated
     again = {u.username: u for u in marketplace_users(config.apps, passwords)}
     assert again["a_c_1"].password == generated  # a reload keeps this run's passwords
+
+
+def test_marketplace_users_are_bound_to_the_client_ids_their_instances_get(tmp_path: Path) -> None:
+    """Table 4: client id = APID; instances sharing an APID each get <APID>-<Instance> (LVCAP_CLIENT_ID)."""
+    text = 'version = 1\n[[app]]\nvendor = "a"\nname = "b"\nversion = "1"\ninstance = "01"\ncommand = ["x"]\n'
+    for instance in ("01", "02"):
+        text += f'[[app]]\nvendor = "a"\nname = "m"\nversion = "1"\ninstance = "{instance}"\ncommand = ["x"]\n'
+    (tmp_path / "edge.toml").write_text(text)
+    config = load_config(tmp_path / "edge.toml")
+    users = {u.username: u for u in marketplace_users(config.apps, {})}
+    assert users["a_b_1"].client_ids == ("a_b_1",)
+    given = [app_environment(entry, BrokerAddress(), tmp_path)["LVCAP_CLIENT_ID"] for entry in config.apps]
+    assert given[0] == "a_b_1" and len(set(given)) == 3
+    assert users["a_m_1"].client_ids == tuple(given[1:])
+    assert users["gridhub-manager"].client_ids == ()  # core accounts: used by operator tools too
 
 
 def test_runtime_starts_reloads_and_shuts_apps_down(tmp_path: Path) -> None:
@@ -224,3 +244,104 @@ def test_a_runtime_killed_with_sigkill_leaves_nothing_that_blocks_the_next_start
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def _count_rows(database: Path, iid: str) -> int:
+    with contextlib.closing(sqlite3.connect(database, timeout=30.0)) as conn:
+        try:
+            return int(conn.execute(f'SELECT COUNT(*) FROM "{iid}"').fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("qos", [1, 2])
+def test_messages_the_broker_acknowledged_survive_a_sigkill_of_the_runtime(
+    tmp_path: Path, mosquitto_binary: str, qos: int
+) -> None:
+    """kill -9 of the runtime with a backlog queued at Mosquitto: after a restart every message is stored once.
+
+    The storage is held back deterministically by an exclusive lock on its database, so at the
+    kill nothing of the backlog has been committed: part of it is in flight to the killed
+    storage (unacknowledged), the rest queued in Mosquitto. The next start stops the leftover
+    Mosquitto with SIGTERM (it saves its persistence file), and the new one delivers the backlog
+    to the storage's persistent session. At QoS 2 too: the storage takes QoS 2 topics at QoS 1, so
+    its acknowledgement always follows the commit.
+    """
+    port = free_port()
+    database = tmp_path / "storage.sqlite"
+    apid, iid, password = "test_durable_1", "test_durable_01", "durable-pw"
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        'version = 1\ndata_dir = "edge"\n'
+        f'[marketplace]\nmode = "managed"\nmosquitto = "{mosquitto_binary}"\nport = {port}\n'
+        "[manager]\nstatus_interval = 5\n"
+        f'[storage]\ndatabase = "{database}"\n'
+        '[[app]]\nvendor = "test"\nname = "durable"\nversion = "1"\ninstance = "01"\n'
+        f'attached = true\npassword = "{password}"\n'
+    )
+    command = [sys.executable, "-m", "gridhub.cli", "edge", "run", "--config", str(config)]
+    total = 3000
+
+    def publisher() -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=apid)
+        client.username_pw_set(apid, password)
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(100)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        return client
+
+    def publish(client: mqtt.Client, first: int, count: int) -> None:
+        infos = [client.publish(f"storage/data/{iid}/n", json.dumps({"N": first + n}), qos=qos) for n in range(count)]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published()
+
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    second: subprocess.Popen[bytes] | None = None
+    lock: sqlite3.Connection | None = None
+    try:
+        # status.json is written once the storage and the manager are up (storage subscribed).
+        wait_for(lambda: (tmp_path / "edge" / "status.json").exists(), "the runtime to start", timeout=30)
+        client = publisher()
+        try:
+            publish(client, 0, 1)  # the storage is up and subscribed once this row is there
+            wait_for(lambda: _count_rows(database, iid) == 1, "the first row", timeout=30)
+            lock = sqlite3.connect(database, timeout=30.0, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")  # the storage can commit nothing from now on
+            publish(client, 1, total)  # every message acknowledged by the broker
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        lock.execute("ROLLBACK")
+        lock.close()
+        lock = None
+        assert _count_rows(database, iid) == 1  # nothing of the backlog was committed before the kill
+
+        second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: _count_rows(database, iid) >= 1 + total, "the backlog to be stored", timeout=60)
+        # A last message, queued behind the backlog: once it is stored nothing else is on its way.
+        client = publisher()
+        try:
+            publish(client, total + 1, 1)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        wait_for(lambda: _count_rows(database, iid) >= total + 2, "the last message", timeout=30)
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            numbers = [json.loads(row[0])["N"] for row in conn.execute(f'SELECT Data FROM "{iid}"')]
+        assert sorted(numbers) == list(range(total + 2))  # each exactly once
+    finally:
+        if lock is not None:
+            lock.close()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        reap_orphans(tmp_path / "edge")

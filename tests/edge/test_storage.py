@@ -302,6 +302,32 @@ def test_rows_from_several_tables_are_grouped_by_table_in_time_order(db: Storage
 # -- upload queues (8.5) -----------------------------------------------------------------
 
 
+def test_merged_tables_answer_the_first_rows_in_time_order_with_ties_and_gaps(db: StorageDB) -> None:
+    rows: list[tuple[int, int, str]] = []  # (Timestamp, ID, table): equal Timestamps across the tables
+    for n in range(30):
+        table = SIM if n % 3 == 0 else APP
+        rows.append((T0 + n // 2, db.store(table, f"t{n}", b'{"n": %d}' % n, timestamp=T0 + n // 2), table))
+    gone = [rows[4], rows[5], rows[9]]  # rows in the middle already uploaded
+    for table in (APP, SIM):
+        db.mark_uploaded(UP1, UploadedNotice(new_data=[(table, [i for _, i, t in gone if t == table])]))
+    pending = sorted(row for row in rows if row not in gone)
+
+    def answer(response: dict[str, Any]) -> set[tuple[str, int]]:
+        for group in response["Response"]:  # each table's rows in time order
+            stamps = [(r["Timestamp"], r["ID"]) for r in group["TableRows"]]
+            assert stamps == sorted(stamps) or stamps == sorted(stamps, reverse=True)
+        return {(g["TableName"], r["ID"]) for g in response["Response"] for r in g["TableRows"]}
+
+    oldest = decoded(db, UP1, q(PreferOldest=True, MaxLength=12), ["*"], for_upload=UP1)
+    assert oldest["Status"] == QueryStatus.MORE
+    assert answer(oldest) == {(t, i) for _, i, t in pending[:12]}
+    newest = decoded(db, UP1, q(MaxLength=12), ["*"], for_upload=UP1)
+    assert answer(newest) == {(t, i) for _, i, t in pending[-12:]}
+    # A plain query over both tables (no upload queue) from a StartTime on: uploaded rows too.
+    later = decoded(db, APP, q(PreferOldest=True, StartTime=T0 + 10, MaxLength=100), ["*"])
+    assert answer(later) == {(t, i) for ts, i, t in rows if ts >= T0 + 10}
+
+
 def test_each_upload_app_has_its_own_queue(db: StorageDB) -> None:
     app_rows = fill(db, APP, 3)
     sim_rows = fill(db, SIM, 2)
@@ -321,6 +347,19 @@ def test_each_upload_app_has_its_own_queue(db: StorageDB) -> None:
     rest = UploadedNotice.from_json({"NewData": [{SIM: sim_rows[1:]}]}, where="test")
     db.mark_uploaded(UP1, rest)
     assert decoded(db, UP1, q(), ["*"], for_upload=UP1) == {"Status": QueryStatus.EMPTY, "Response": []}
+
+
+def test_uploaded_marks_exactly_the_listed_rows_in_runs_gaps_and_repeats(db: StorageDB) -> None:
+    stored = fill(db, APP, 1200)
+    # Two long runs, a gap between them, lone IDs (as a priority-first drain sends), repeats,
+    # an ID marked before and an ID that does not exist.
+    listed = [*stored[10:700], *stored[702:1100], stored[1150], stored[1152], stored[5], stored[5], stored[1199]]
+    assert db.mark_uploaded(UP1, UploadedNotice(new_data=[(APP, [stored[5]])])) == 1
+    marked = db.mark_uploaded(UP1, UploadedNotice(new_data=[(APP, [*listed, stored[-1] + 1000])]))
+    assert marked == len(set(listed)) - 1  # stored[5] was already marked
+    pending = sorted(ids(decoded(db, UP1, q(MaxLength=1000), ["*"], for_upload=UP1)))
+    assert pending == sorted(set(stored) - set(listed))
+    assert stored[700] in pending and stored[701] in pending and stored[1151] in pending
 
 
 def test_newdata_for_an_unconfigured_upload_app_is_denied(db: StorageDB) -> None:
@@ -607,8 +646,12 @@ def test_service_stores_what_the_api_says_and_answers_requests(
         zero = peer.request(f"storage/request/{app}", f"storage/response/{app}", {"MaxLength": 0}, 1)
         assert zero == {"Status": QueryStatus.INVALID, "Response": []}
 
-        [error] = [e for e in service.db.errors() if e.source_iid == app]
-        assert error.errno == Errno.JSON_INVALID and "broken" in (error.message or "")
+        # Invalid JSON anywhere is an ERRNO_JSON_INVALID record: the data message and the "not json" query
+        # (the valid-JSON but invalid queries, {} and MaxLength 0, are answered Status 9 only).
+        wait_for(lambda: len([e for e in service.db.errors() if e.source_iid == app]) == 2)
+        query_error, data_error = [e for e in service.db.errors() if e.source_iid == app]  # newest first
+        assert data_error.errno == Errno.JSON_INVALID and "broken" in (data_error.message or "")
+        assert query_error.errno == Errno.JSON_INVALID and "invalid storage query" in (query_error.message or "")
     finally:
         peer.close()
 

@@ -764,7 +764,7 @@ def test_storage_query_with_every_table_16_key_round_trips() -> None:
         ({"PreferOldest": "true"}, "StorageQuery.PreferOldest: expected a boolean, got 'true'"),
         ({"InstanceID": 4}, "StorageQuery.InstanceID: expected a string, got 4"),
         ({"InstanceID": "profiler"}, "StorageQuery.InstanceID 'profiler'"),
-        ({"SubTopic": "/alarm/highhigh"}, "give the sub-topic without the leading '/'"),
+        ({"SubTopic": "//alarm/highhigh"}, "give the sub-topic with at most one leading '/'"),
         ({"SubTopic": "alarm/+"}, "StorageQuery.SubTopic 'alarm/+'"),
         ({"SubTopic": 3}, "StorageQuery.SubTopic: expected a string, got 3"),
         ({"MinPriority": "1"}, "StorageQuery.MinPriority: expected an Integer"),
@@ -775,6 +775,16 @@ def test_storage_query_with_every_table_16_key_round_trips() -> None:
 )
 def test_storage_query_refuses_wrong_types_naming_the_key(data: dict[str, Any], expected: str) -> None:
     assert expected in error_of(StorageQuery.from_json, data)
+
+
+def test_storage_query_sub_topic_accepts_the_leading_slash_responses_carry() -> None:
+    """Table 17 returns SubTopic as "/alarm/highhigh": a query may send it back the same way."""
+    query = StorageQuery.from_json({"SubTopic": "/alarm/highhigh"})
+    assert query.sub_topic == "alarm/highhigh"
+    assert query.matches_sub_topic("alarm/highhigh") and not query.matches_sub_topic("alarm")
+    top_only = StorageQuery.from_json({"SubTopic": "/"})
+    assert top_only.sub_topic == ""
+    assert top_only.matches_sub_topic(None) and not top_only.matches_sub_topic("alarm/highhigh")
 
 
 def test_storage_query_leaves_the_max_length_limit_to_the_storage_application() -> None:

@@ -304,16 +304,20 @@ def transition(record: AppRecord, event: Event, now: float, settings: ManagerSet
     if kind is EventKind.START:
         return _start(record)
     if kind is EventKind.CONFIG_REQUEST:
-        if record.state is AppState.STARTING or (record.attached and record.state is AppState.RESTARTING):
+        if record.state is AppState.STARTING:
             record.state = AppState.WAITING_CONFIG
+        elif record.attached and record.state in (AppState.RESTARTING, AppState.SHUT_DOWN):
+            # Its developer started it again: manage it again, judging only requests from now on.
+            record.state = AppState.WAITING_CONFIG
+            record.polled = record.answered = False
         return [Action(ActionKind.SEND_CONFIG)]
     if kind is EventKind.STATUS:
         return _on_status(record, event.code, event.message, now, settings)
     if kind is EventKind.POLL:
         actions: list[Action] = []
-        if record.state in ACTIVE_STATES and record.polled and not record.answered:
+        if _polled_state(record) and record.polled and not record.answered:
             actions = _fail(record, "no status response to the status request", now, settings, immediate=False)
-        record.polled = record.state in ACTIVE_STATES
+        record.polled = _polled_state(record)
         record.answered = False
         return actions
     if kind is EventKind.PROCESS_EXITED:
@@ -329,6 +333,16 @@ def transition(record: AppRecord, event: Event, now: float, settings: ManagerSet
             return _start(record, again=True)
         return []
     raise AssertionError(f"unhandled event {kind}")  # pragma: no cover
+
+
+def _polled_state(record: AppRecord) -> bool:
+    """Tell whether an unanswered status request counts as a failure in the record's state.
+
+    An attached app told to shut down before a restart (RESTARTING) is still connected until it
+    says STATUS_SHUT_DWN or its developer restarts it; one that neither does nor answers keeps
+    failing and is stopped for good at STOP_AFTER_FAILURES (8.2.2), instead of waiting forever.
+    """
+    return record.state in ACTIVE_STATES or (record.attached and record.state is AppState.RESTARTING)
 
 
 def _start(record: AppRecord, *, again: bool = False) -> list[Action]:
@@ -354,6 +368,13 @@ def _on_status(
             return []
         record.stop_deadline = None
         return [Action(ActionKind.TERMINATE)]
+    if record.state is AppState.RESTARTING and record.attached and code == StatusCode.SHUT_DWN:
+        # It obeyed the shutdown command sent before the restart: it is down until its developer
+        # starts it again (a configuration request resumes it).
+        record.last_status, record.last_message = code, message
+        record.answered = True
+        record.state = AppState.SHUT_DOWN
+        return [Action(ActionKind.RECORD_ERROR, message)] if message else []
     if record.state not in ACTIVE_STATES:
         # A late message from a process that is going or gone, e.g. the will the broker sends
         # when a process that already said STATUS_SHUT_DWN is terminated: not its last status.
@@ -605,6 +626,11 @@ def spawn_process(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_pa
     return SpawnedProcess(popen)
 
 
+def app_client_id(entry: AppEntry) -> str:
+    """Return the MQTT client id an app instance connects with (LVCAP_CLIENT_ID; the marketplace binds it)."""
+    return entry.client_id or entry.apid
+
+
 def app_environment(entry: AppEntry, address: BrokerAddress, data_dir: Path) -> dict[str, str]:
     """Return the LVCAP_* variables given to an app (see the shared contract)."""
     env = {
@@ -617,7 +643,7 @@ def app_environment(entry: AppEntry, address: BrokerAddress, data_dir: Path) -> 
         "LVCAP_BROKER_HOST": address.host,
         "LVCAP_BROKER_PORT": str(address.port),
         "LVCAP_USERNAME": address.username or entry.apid,
-        "LVCAP_CLIENT_ID": entry.client_id or entry.apid,
+        "LVCAP_CLIENT_ID": app_client_id(entry),
         "LVCAP_PASSWORD": address.password or "",
         "LVCAP_DATA_DIR": str(data_dir),
     }
@@ -630,8 +656,8 @@ def app_environment(entry: AppEntry, address: BrokerAddress, data_dir: Path) -> 
     return env
 
 
-ErrorRecorder = Callable[[str, str], None]
-"""Store an error message for an IID in the Data Storage Application."""
+ErrorRecorder = Callable[[str, int, str], None]
+"""Store an error (IID, Errno of Table 11, message) in the Data Storage Application."""
 
 
 def app_data_dir(data_dir: Path, iid: str) -> Path:
@@ -761,6 +787,12 @@ class ContainerManager:
         text: str | None
         try:
             body = decode_json_object(message.payload, message.topic)
+        except LvcapError as exc:
+            # "Invalid JSON anywhere": a failed status request, and an ERRNO_JSON_INVALID error.
+            error = str(exc)
+            self._call(lambda: self._status_received(iid, None, error, received, errno=Errno.JSON_INVALID))
+            return
+        try:
             status = body.get("Status")
             if isinstance(status, bool) or not isinstance(status, int):
                 raise LvcapError(f"{message.topic} Status: expected an Integer, got {status!r}")
@@ -871,15 +903,15 @@ class ContainerManager:
         self._records[iid].pid = process.pid
         log.info("%s: started process %d: %s", iid, process.pid, " ".join(entry.command))
 
-    def _store_error(self, iid: str, message: str) -> None:
+    def _store_error(self, iid: str, message: str, errno: int = Errno.APPLICATION) -> None:
         log.warning("%s: %s", iid, message)
         if self._record_error is not None:
             try:
-                self._record_error(iid, message)
+                self._record_error(iid, int(errno), message)
             except Exception:
                 log.exception("%s: cannot store error", iid)
             return
-        report = {"Errno": int(Errno.APPLICATION), "Message": message, "Timestamp": int(time.time())}
+        report = {"Errno": int(errno), "Message": message, "Timestamp": int(time.time())}
         self._publish(storage_error_topic(iid), report, 1)
 
     def _publish(self, topic: str, payload: Mapping[str, Any], qos: int) -> None:
@@ -900,11 +932,15 @@ class ContainerManager:
         self._publish(config_response_topic(iid), payload, QOS_CONFIG)
         self._store_error(iid, message)
 
-    def _status_received(self, iid: str, code: int | None, text: str | None, received: float) -> None:
+    def _status_received(
+        self, iid: str, code: int | None, text: str | None, received: float, *, errno: int | None = None
+    ) -> None:
         record = self._records.get(iid)
         if record is None:
             log.debug("status from unknown app %s ignored", iid)
             return
+        if errno is not None and text is not None:
+            self._store_error(iid, text, errno)
         record.last_status_time = received
         self._handle(iid, Event(EventKind.STATUS, code=code, message=text))
 

@@ -22,6 +22,18 @@ refusal (SUBACK 0x80) comes from mosquitto's bundled dynamic-security plugin, lo
 generated role per app that only denies subscriptions; everything else it defers to the
 password and ACL files. Without the plugin, such a subscription is granted but nothing is ever
 delivered on it (the ACL file's read denial), which keeps the data private all the same.
+
+Client ids (Table 4: client id = APID): MQTT allows one connection per client id, so a client that
+connects with another app's client id drops that app's connection. An app account is therefore
+bound to the client ids the runtime gives its instances (``MarketplaceUser.client_ids``): the
+embedded broker refuses any other before it touches the existing session, and in managed mode the
+dynamic-security plugin's ``clientid`` does the same (it can bind one client id per username, so an
+account shared by several instances of one APID stays unbound there). Core accounts stay unbound:
+their credentials never leave the runtime, and operator tools use them with client ids of their own.
+
+Managed Mosquitto keeps its sessions and queued messages on disk (``persistence true``, saved
+every ``AUTOSAVE_INTERVAL`` seconds and on SIGTERM), so messages it acknowledged to a publisher
+but had not yet delivered to the storage survive a restart of the runtime.
 """
 
 from __future__ import annotations
@@ -52,10 +64,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
+from amqtt.utils import gen_client_id
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -78,6 +94,10 @@ MAX_QUEUED_MESSAGES = 100_000
 # messages in flight to one client (mosquitto's default: 20) caps how many it can commit
 # together; with 20, commits held ~10 rows and ingest ran at 0.6x the raw broker rate.
 MAX_INFLIGHT_MESSAGES = 1000
+# Managed Mosquitto writes its in-memory state (sessions, queued messages) to mosquitto.db this
+# often and on SIGTERM: after a power loss, what it accepted in the last interval and had not yet
+# delivered to (and had committed by) the storage can be lost.
+AUTOSAVE_INTERVAL = 5
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for the $7$ format
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -193,6 +213,9 @@ class MarketplaceUser:
     iid: str | None = None
     core: bool = False
     iids: tuple[str, ...] = ()  # further instances of the same APID (one account, several IIDs)
+    # The MQTT client ids this account may connect with (the runtime's LVCAP_CLIENT_ID of each
+    # instance); empty: any (core services, and accounts made outside a runtime).
+    client_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.username or not set(self.username) <= _USERNAME_CHARS:
@@ -206,6 +229,16 @@ class MarketplaceUser:
                 raise ValueError(
                     f"marketplace user {self.username!r}: IID {iid!r} must be ASCII letters, digits, '_' or '-'"
                 )
+        for client_id in self.client_ids:
+            if not client_id or not set(client_id) <= _USERNAME_CHARS:
+                raise ValueError(
+                    f"marketplace user {self.username!r}: client id {client_id!r} must be ASCII letters, "
+                    "digits, '.', '_' or '-'"
+                )
+
+    def allows_client_id(self, client_id: str | None) -> bool:
+        """Tell whether this account may connect with the given MQTT client id."""
+        return not self.client_ids or client_id in self.client_ids
 
     @property
     def all_iids(self) -> tuple[str, ...]:
@@ -341,7 +374,10 @@ def render_mosquitto_dynsec(users: Iterable[MarketplaceUser]) -> str:
     """Render the dynamic-security plugin's JSON: per-app roles that only refuse subscriptions.
 
     Every default access is "deny", which the plugin turns into "no opinion", so publishing,
-    delivery and authentication stay with the password and ACL files.
+    delivery and the password check stay with the password and ACL files. An app account with
+    one client id gets it as ``clientid``: the plugin refuses a CONNECT with that username and any
+    other client id before the password file is consulted (Table 4: client id = APID). The plugin
+    binds one client id per username, so an account shared by several instances stays unbound.
     """
     table = _user_table(users)
     clients: list[dict[str, Any]] = []
@@ -358,13 +394,14 @@ def render_mosquitto_dynsec(users: Iterable[MarketplaceUser]) -> str:
             acls.append({"acltype": "subscribePattern", "topic": private, "priority": 1, "allow": False})
         rolename = f"lvcap-{user.username}"
         roles.append({"rolename": rolename, "acls": acls})
-        clients.append(
-            {
-                "username": user.username,
-                "textname": " ".join(user.all_iids) or user.username,
-                "roles": [{"rolename": rolename}],
-            }
-        )
+        client: dict[str, Any] = {
+            "username": user.username,
+            "textname": " ".join(user.all_iids) or user.username,
+            "roles": [{"rolename": rolename}],
+        }
+        if len(user.client_ids) == 1:
+            client["clientid"] = user.client_ids[0]
+        clients.append(client)
     document = {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -433,8 +470,10 @@ def render_mosquitto_conf(
     """Render mosquitto.conf for the settings.
 
     ``managed`` (default: True when paths are given) runs mosquitto as the current user with
-    its log on stdout, for gridhub to spawn; otherwise the file is for a broker an operator
-    installs (external mode), with paths taken from ``data_dir`` and the explicit file names.
+    its log on stdout and its persistence file in the marketplace directory, for gridhub to
+    spawn; otherwise the file is for a broker an operator installs (external mode), with paths
+    taken from ``data_dir`` and the explicit file names, and persistence left to the operator's
+    main configuration (it is a global setting).
     """
     if managed is None:
         managed = paths is not None
@@ -448,14 +487,35 @@ def render_mosquitto_conf(
         "allow_anonymous false",
         f"password_file {password_file or paths.password_file}",
         f"acl_file {acl_file or paths.acl_file}",
-        "persistence false",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         "max_queued_bytes 0",
         "set_tcp_nodelay true",
     ]
     if paths.dynsec_plugin is not None:
-        lines += [f"plugin {paths.dynsec_plugin}", f"plugin_opt_config_file {paths.dynsec_file}"]
+        lines += [
+            "# Binds each app's username to its client id (Table 4), and refuses subscriptions to",
+            "# other apps' config/response and command topics.",
+            f"plugin {paths.dynsec_plugin}",
+            f"plugin_opt_config_file {paths.dynsec_file}",
+        ]
+    else:
+        lines += [
+            "# password_file and acl_file cannot bind a username to a client id: without the",
+            "# dynamic-security plugin (mosquitto_dynamic_security.so) a client with one app's",
+            "# credentials can connect with another app's client id and drop that app's connection.",
+            "# Install the plugin and run `gridhub edge mosquitto-config` again to bind them.",
+        ]
+    if managed:
+        # Sessions and queued messages survive a restart of mosquitto (saved on SIGTERM and every
+        # AUTOSAVE_INTERVAL seconds), so the storage's persistent session gets its backlog.
+        lines += ["persistence true", f"persistence_location {paths.directory}/",
+                  f"autosave_interval {AUTOSAVE_INTERVAL}"]  # fmt: skip
+    else:
+        lines += [
+            "# Persistence is global: set `persistence true` (and a short autosave_interval) in the",
+            "# main configuration so queued messages for the storage survive a broker restart.",
+        ]
     if managed:
         # Never drop privileges to the "mosquitto" user: it could not read our 0600 files.
         lines += [f"user {getpass.getuser()}", "log_dest stdout", "log_type error", "log_type warning",
@@ -586,6 +646,10 @@ class MarketplaceAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt is u
                 return False
         if user is None:
             return False
+        if not user.allows_client_id(session.client_id):
+            # Table 4: client id = the app's own; another's would drop that app's connection.
+            log.info("marketplace: refused %s: client id %r is not its own", user.username, session.client_id)
+            return False
         if session.will_flag and not acl_allows(user, "publish", session.will_topic or ""):
             # amqtt publishes wills without a topic check; refuse like mosquitto 2.x does.
             log.info("marketplace: refused %s: will topic %s not allowed", user.username, session.will_topic)
@@ -598,10 +662,56 @@ AclObserver = Callable[[str, str | None, Literal["publish", "subscribe"], str, b
 
 
 class _Broker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's broker, with retained messages checked like live deliveries."""
+    """amqtt's broker, with clients authenticated before their session is looked up and retained
+    messages checked like live deliveries."""
 
     policy_key = ""
     observer: AclObserver | None = None
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        # amqtt 0.12.1 deletes (clean session) or takes over the session of the CONNECT's client
+        # id before it authenticates the new connection, so any client, even with a wrong
+        # password or another app's credentials, could drop an app by using its client id.
+        # Authenticate first; the rest is amqtt's own code.
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if not await self._authenticate(session, None):
+            session.parent = 0
+            handler.attach(session, reader, writer)
+            with contextlib.suppress(Exception):
+                await handler.mqtt_connack_authorize(False)
+            await writer.close()
+            raise AMQTTError(f"client {session.client_id!r} ({session.username!r}) refused")
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            existing, _ = self._sessions[session.client_id]
+            existing.will_flag = session.will_flag
+            existing.will_message = session.will_message
+            existing.will_topic = session.will_topic
+            existing.will_qos = session.will_qos
+            existing.keep_alive = session.keep_alive
+            existing.username = session.username
+            existing.password = session.password
+            session = existing
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         # Decide without awaiting: amqtt's plugin manager runs topic plugins as separate tasks,

@@ -29,7 +29,7 @@ from types import FrameType
 import psutil
 
 from gridhub.edge.config import EdgeConfig, load_config
-from gridhub.edge.manager import AppEntry, ContainerManager
+from gridhub.edge.manager import AppEntry, ContainerManager, app_client_id
 from gridhub.edge.marketplace import (
     MANAGER_USER,
     STORAGE_USER,
@@ -41,12 +41,13 @@ from gridhub.edge.marketplace import (
 from gridhub.edge.marketplace import write_mosquitto_files as render_mosquitto_files
 from gridhub.edge.settings import ConfigError
 from gridhub.edge.storage import StorageDB, StorageService, storage_client
-from gridhub.formats.lvcap import Errno
 from gridhub.sdk.mqtt import BrokerAddress, MarketplaceClient
 
 log = logging.getLogger(__name__)
 
 PID_FILE = "runtime.pid"
+# How long a leftover managed Mosquitto gets to save its persistence file after SIGTERM.
+BROKER_SAVE_TIMEOUT = 30.0
 
 
 class EdgeRuntimeError(RuntimeError):
@@ -73,7 +74,7 @@ def read_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def reap_orphans(data_dir: Path, grace: float = 3.0) -> list[int]:
+def reap_orphans(data_dir: Path, grace: float = 3.0, broker_grace: float = BROKER_SAVE_TIMEOUT) -> list[int]:
     """Stop the processes a previous runtime with this data_dir left behind; return their pids.
 
     A runtime killed with SIGKILL (or by a power cut of its supervisor) cannot shut its apps
@@ -81,28 +82,40 @@ def reap_orphans(data_dir: Path, grace: float = 3.0) -> list[int]:
     Mosquitto holds the port and the old apps reconnect with the same client ids as the new
     ones, each taking the other's connection. They are recognised by what ties them to this
     data_dir: Mosquitto by its configuration file, apps by their LVCAP_DATA_DIR.
+
+    The apps go first (``grace`` seconds after SIGTERM, then SIGKILL), so their last messages and
+    wills reach the broker. The broker gets SIGTERM and up to ``broker_grace`` seconds to write
+    its persistence file before SIGKILL: the new Mosquitto loads it, and the storage's persistent
+    session receives the messages the old one had queued (acknowledged to their publishers, not
+    yet committed by the killed storage).
     """
     root = data_dir.resolve()
     conf = str(root / "marketplace" / "mosquitto.conf")
     apps = str(root / "apps") + os.sep
-    found: list[psutil.Process] = []
+    brokers: list[psutil.Process] = []
+    others: list[psutil.Process] = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         if process.pid == os.getpid():
             continue
         try:
-            if conf in (process.info["cmdline"] or []) or process.environ().get("LVCAP_DATA_DIR", "").startswith(apps):
-                found.append(process)
+            if conf in (process.info["cmdline"] or []):
+                brokers.append(process)
+            elif process.environ().get("LVCAP_DATA_DIR", "").startswith(apps):
+                others.append(process)
         except (psutil.Error, OSError):
             continue
-    for process in found:
-        log.warning("stopping pid %d left behind by an earlier runtime of %s", process.pid, data_dir)
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(found, timeout=grace)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    return [process.pid for process in found]
+    for group, timeout in ((others, grace), (brokers, broker_grace)):
+        for process in group:
+            log.warning("stopping pid %d left behind by an earlier runtime of %s", process.pid, data_dir)
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, alive = psutil.wait_procs(group, timeout=timeout)
+        for process in alive:
+            log.warning("pid %d ignored SIGTERM for %g s; killing it", process.pid, timeout)
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=timeout)
+    return [process.pid for process in (*others, *brokers)]
 
 
 def new_password() -> str:
@@ -114,7 +127,9 @@ def marketplace_users(apps: Sequence[AppEntry], passwords: dict[str, str]) -> li
     """Return the marketplace users: the two core services and one per app (username = APID).
 
     ``passwords`` (username -> password) is completed in place for users that have none yet; an
-    app's configured password always wins.
+    app's configured password always wins. Each app account is bound to the client ids its
+    instances get as LVCAP_CLIENT_ID (the APID, or ``<APID>-<Instance>`` when several instances
+    share it), so no app can connect with another's and drop its connection.
     """
     for core in (MANAGER_USER, STORAGE_USER):
         passwords.setdefault(core, new_password())
@@ -123,15 +138,25 @@ def marketplace_users(apps: Sequence[AppEntry], passwords: dict[str, str]) -> li
         MarketplaceUser(username=STORAGE_USER, password=passwords[STORAGE_USER], core=True),
     ]
     instances: dict[str, list[str]] = {}
+    client_ids: dict[str, list[str]] = {}
     for entry in apps:
         if entry.password:
             passwords[entry.apid] = entry.password
         else:
             passwords.setdefault(entry.apid, new_password())
         instances.setdefault(entry.apid, []).append(entry.iid)
+        client_ids.setdefault(entry.apid, []).append(app_client_id(entry))
     # Instances of one app share its account (username = APID, Table 4), acting for each IID.
     for apid, iids in instances.items():
-        users.append(MarketplaceUser(username=apid, password=passwords[apid], iid=iids[0], iids=tuple(iids[1:])))
+        users.append(
+            MarketplaceUser(
+                username=apid,
+                password=passwords[apid],
+                iid=iids[0],
+                iids=tuple(iids[1:]),
+                client_ids=tuple(dict.fromkeys(client_ids[apid])),
+            )
+        )
     return users
 
 
@@ -184,9 +209,9 @@ class EdgeRuntime:
         assert self.marketplace is not None, "the marketplace is not started"
         return self.marketplace.address_for(entry.apid)
 
-    def _record_error(self, iid: str, message: str) -> None:
+    def _record_error(self, iid: str, errno: int, message: str) -> None:
         if self.storage is not None:
-            self.storage.record_error(iid, int(Errno.APPLICATION), message)
+            self.storage.record_error(iid, errno, message)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -1218,12 +1218,16 @@ def _query_instance(value: object, where: str) -> str:
 
 
 def _query_sub_topic(value: object, where: str) -> str:
+    """Read a query's SubTopic: Table 16 spells it without the leading '/', but responses (Table 17)
+    return it with one, so one leading '/' is accepted and dropped ("/" alone: the top level, like "")."""
     text = _str(value, where)
+    if text.startswith("/"):
+        text = text[1:]
     if text == "":
         return text
     if text.startswith("/"):
         raise LvcapError(
-            f"{where} {text!r}: give the sub-topic without the leading '/' (e.g. 'alarm/highhigh'),"
+            f"{where} {value!r}: give the sub-topic with at most one leading '/' (e.g. 'alarm/highhigh'),"
             ' or "" for the top level only (Table 16)'
         )
     return validate_topic(text, where)

@@ -147,3 +147,23 @@ def test_runtime_topic_names_are_valid(runtime: Runtime) -> None:
     assert {f"config/response/{carol.iid}", f"storage/response/{carol.iid}"} <= topics
     for topic in topics:
         check_topic(topic)
+
+
+def test_app_cannot_connect_with_another_apps_client_id(runtime: Runtime) -> None:
+    """Table 4: an app connects with username and client id = its APID. MQTT allows one connection per
+    client id, so a connection with alice's credentials and bob's client id, or with bob's client id and a
+    wrong password, is refused, and bob stays connected (no takeover, no will, no restart)."""
+    bob = runtime.client("bob")
+    topic = f"sensor/data/{bob.iid}/{unique('alive')}"
+    bob.subscribe_ok(topic, 1)
+    with pytest.raises(ConnectRefused):
+        runtime.client("alice", client_id=runtime.app("bob").apid)
+    with pytest.raises(ConnectRefused):
+        runtime.client("bob", password="not-" + runtime.app("bob").password)
+    # bob's connection is untouched: never dropped, and a round trip through the broker still works.
+    since = bob.mark()
+    bob.publish(topic, {"Value": 1.0, "Valid": True, "Timestamp": int(time.time())}, qos=1)
+    bob.wait_for(topic, since=since, what="(bob's own message, after the refused connections)")
+    assert bob.client.is_connected() and not bob._disconnected
+    # alice still connects with her own client id.
+    assert runtime.client("alice").client.is_connected()

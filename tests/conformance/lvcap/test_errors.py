@@ -9,6 +9,7 @@ import pytest
 
 from tests.conformance.lvcap.conftest import (
     DSC_QUERY_EMPTY,
+    DSC_QUERY_INVALID,
     DSC_QUERY_OK,
     ERRNO_JSON_INVALID,
     MODE_PARAMS,
@@ -20,7 +21,8 @@ from tests.conformance.lvcap.conftest import (
     unique,
 )
 
-APPS = [AppSpec("reporter"), AppSpec("sloppy")]
+APPS = [AppSpec("reporter"), AppSpec("sloppy"), AppSpec("garbler")]
+ERRNO_SENSOR = 11
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +79,76 @@ def test_invalid_json_is_not_stored_and_errno_json_invalid_is_recorded(runtime: 
         time.sleep(0.1)
     assert answer["Status"] == DSC_QUERY_OK, answer
     assert [row["Data"] for table in answer["Response"] for row in table["TableRows"]] == [good]
+
+
+def last_error_id(runtime: Runtime) -> int:
+    return max((int(e.get("ID") or 0) for e in runtime.stored_errors()), default=0)
+
+
+def test_invalid_json_status_response_records_errno_json_invalid(runtime: Runtime) -> None:
+    """Invalid JSON anywhere is recorded as ERRNO_JSON_INVALID (Table 11): a status/response/<IID> that does not
+    parse is a failed status request for the Container Manager (8.2.2) and an error in storage."""
+    app = runtime.client("garbler")
+    since = last_error_id(runtime)
+    app.publish(f"status/response/{app.iid}", b'{"Status": 1, "Message"', qos=1)
+    error = runtime.wait_error(
+        lambda e: int(e["ID"]) > since and e.get("SourceIID") == app.iid and "status/response" in str(e["Message"]),
+        10,
+        "about the invalid status response",
+    )
+    assert error.get("Errno") == ERRNO_JSON_INVALID, error
+    assert runtime.running(), runtime.log()
+
+
+@pytest.mark.parametrize("newdata", [False, True], ids=["storage-request", "newdata-request"])
+def test_invalid_json_storage_request_answers_invalid_and_records_errno_json_invalid(
+    runtime: Runtime, newdata: bool
+) -> None:
+    """A storage/request/<IID> or storage/request/newdata/<IID> that is not JSON is answered DSC_QUERY_INVALID
+    (Table 18) and recorded as ERRNO_JSON_INVALID (Table 11); a well-formed but invalid query only gets Status 9."""
+    app = runtime.client("garbler")
+    suffix = "newdata/" if newdata else ""
+    app.subscribe_ok(f"storage/response/{suffix}{app.iid}", 1)
+    ask = app.newdata if newdata else app.query
+    since = last_error_id(runtime)
+    answer = ask(b'{"MaxLength": 5,').json()
+    assert answer["Status"] == DSC_QUERY_INVALID and answer["Response"] == [], answer
+    error = runtime.wait_error(
+        lambda e: int(e["ID"]) > since and e.get("SourceIID") == app.iid and "invalid storage query" in str(e),
+        10,
+        f"about the invalid {suffix}request",
+    )
+    assert error.get("Errno") == ERRNO_JSON_INVALID, error
+    assert f"storage/request/{suffix}{app.iid}" in str(error.get("Message")), error
+    # Valid JSON but an invalid query: Status 9 only. The next invalid-JSON request's error is the one
+    # stored right after the first, so nothing was recorded in between.
+    wrong = ask({"MaxLength": 0}).json()
+    assert wrong["Status"] == DSC_QUERY_INVALID, wrong
+    ask(b"not json")
+    following = runtime.wait_error(lambda e: int(e["ID"]) > int(error["ID"]), 10, "after the first one")
+    assert following.get("Errno") == ERRNO_JSON_INVALID, following
+    assert "Expecting value" in str(following.get("Message")), following
+
+
+def test_storage_data_that_is_valid_json_but_not_an_object_is_refused_with_errno_sensor(runtime: Runtime) -> None:
+    """Section 9: every message is a JSON object, and the stored Data is returned as a JSON Object (Tables 17,
+    19). [1,2,3] on storage/data/<IID>/arr parses, so it is not ERRNO_JSON_INVALID but Table 11's errno for a
+    valid payload of the wrong type (ERRNO_SENSOR, 11); nothing is stored."""
+    app = runtime.client("garbler")
+    app.subscribe_ok(f"storage/response/{app.iid}", 1)
+    sub = unique("arr")
+    app.publish(f"storage/data/{app.iid}/{sub}", b"[1,2,3]", qos=2)
+    error = runtime.wait_error(
+        lambda e: e.get("SourceIID") == app.iid and sub in str(e.get("Message")), 10, "an error about the array"
+    )
+    assert error.get("Errno") == ERRNO_SENSOR, error
+    assert app.query({"InstanceID": app.iid, "SubTopic": sub}).json()["Status"] == DSC_QUERY_EMPTY
+
+
+def test_error_report_with_an_errno_outside_table_11_is_stored(runtime: Runtime) -> None:
+    """Table 10: Errno is an Integer; one that Table 11 does not list is still stored as given."""
+    app = runtime.client("reporter")
+    message = "vendor-specific " + unique()
+    app.publish(f"storage/data/error/{app.iid}", {"Errno": 99, "Message": message}, qos=1)
+    error = runtime.wait_error(lambda e: e.get("Message") == message, 10, f"with Message {message!r}")
+    assert error.get("Errno") == 99, error

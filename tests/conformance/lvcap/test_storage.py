@@ -246,6 +246,20 @@ def test_subtopic_has_leading_slash_and_top_level_is_slash(writer: LvcapClient) 
     assert [row["SubTopic"] for row in rows(deep)] == ["/" + sub]
 
 
+def test_subtopic_as_returned_with_its_leading_slash_selects_the_same_records(writer: LvcapClient) -> None:
+    """Responses give SubTopic with a leading '/' (Table 17); a query that sends it back that way selects
+    the same records as one without it (Table 16), and "/" alone means the top level, like ""."""
+    sub = unique("slash") + "/x/y"
+    writer.publish(f"storage/data/{writer.iid}/{sub}", scalar(21.0), qos=2)
+    plain, _ = ask_until(writer, {"InstanceID": writer.iid, "SubTopic": sub}, lambda a: a["Status"] == DSC_QUERY_OK)
+    slashed, _ = ask(writer, {"InstanceID": writer.iid, "SubTopic": "/" + sub})
+    assert slashed["Status"] == DSC_QUERY_OK, slashed
+    assert rows(slashed) == rows(plain) and [r["SubTopic"] for r in rows(slashed)] == ["/" + sub]
+    top, _ = ask(writer, {"InstanceID": writer.iid, "SubTopic": "/", "MaxLength": 100})
+    assert top["Status"] in (DSC_QUERY_OK, DSC_QUERY_MORE, DSC_QUERY_EMPTY), top
+    assert {row["SubTopic"] for row in rows(top)} <= {"/"}, top
+
+
 def test_stored_data_is_returned_byte_identical(writer: LvcapClient) -> None:
     """Section 7: "The payload an Application sends to be stored will be retrieved unaltered" (stored as a
     BLOB "so that no alterations are made to the JSON object"), whitespace and escapes included."""
