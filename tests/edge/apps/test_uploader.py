@@ -27,7 +27,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gridhub.edge.apps.uploader import UploaderSettings, upload_body
+from gridhub.edge.apps.uploader import UploaderSettings, read_newdata, upload_body
 from gridhub.edge.config import load_config
 from gridhub.edge.manager import read_status
 from gridhub.edge.runtime import EdgeRuntime
@@ -230,6 +230,22 @@ def test_settings_are_checked_naming_the_key() -> None:
             UploaderSettings.from_config(config)
 
 
+def test_gzip_is_on_by_default_except_towards_a_hub_or_broker_on_loopback() -> None:
+    def gzip_of(**config: Any) -> bool:
+        return UploaderSettings.from_config({"site_token": "t", **config}).gzip
+
+    assert gzip_of(hub_url="https://hub.example.net") is True
+    assert gzip_of(hub_url="http://10.1.2.3:8080") is True
+    assert gzip_of(hub_url="http://127.0.0.1:8080") is False
+    assert gzip_of(hub_url="http://localhost:8080") is False
+    assert gzip_of(hub_url="http://[::1]:8080") is False
+    assert gzip_of(hub_url="http://127.0.0.1:8080", gzip=True) is True  # an explicit setting wins
+    assert gzip_of(hub_url="https://hub.example.net", gzip=False) is False
+    mqtt = {"transport": "mqtt", "site": "site-a", "hub_url": "http://127.0.0.1"}
+    assert gzip_of(**mqtt, mqtt_url="mqtt://127.0.0.1:1883") is False
+    assert gzip_of(**mqtt, mqtt_url="mqtts://broker.example.net") is True  # the broker decides, not hub_url
+
+
 def test_hub_down_then_up_everything_arrives_exactly_once(hub: Hub, make_edge: Callable[..., Edge]) -> None:
     edge = make_edge(hub)
     edge.start()
@@ -269,7 +285,7 @@ def test_hub_restarted_mid_drain_loses_and_duplicates_nothing(hub: Hub, make_edg
 
 
 def test_priority_first_drains_every_priority_and_the_unprioritised(hub: Hub, make_edge: Callable[..., Edge]) -> None:
-    edge = make_edge(hub, priority_first=True, max_length=25)
+    edge = make_edge(hub, priority_first=True, max_length=25, gzip=True)  # off by default on loopback
     edge.start()
     edge.publish(150, priorities=lambda i: (None, 1, 3, 5, 9)[i % 5])  # 9 is not a valid priority: as none
     hub.start()
@@ -289,3 +305,36 @@ def test_upload_body_splices_each_stored_payload_byte_for_byte() -> None:
         "Batch": "batch-1",
         "Tables": [{"TableName": "eatl_profiler_04", "TableRows": [row.to_json() for row in rows]}],
     }
+
+
+def test_a_newdata_answer_is_sent_with_each_data_as_stored_and_the_subtopics_normalised() -> None:
+    payload = (
+        b'{"Status":6,"Response":[{"TableName":"eatl_profiler_04","TableRows":['
+        b'{"ID":101,"Timestamp":1504110640,"SubTopic":"/60/busbar/l1/voltage-mean",'
+        b'"Data":{ "Timestamp" : 1504110640, "Value": 2.4E2, "Valid": true, "Name": "Temp\xc3\xa9rature"}},'
+        b'{"ID":102,"Timestamp":1504110641,"SubTopic":"","Data":{"Errno":11}},'
+        b'{"ID":103,"Timestamp":1504110642,"SubTopic":"alarm","Data":[1,{"a":null}]}]},'
+        b'{"TableName":"acme_thermal_01","TableRows":[]}]}'
+    )
+    status, results = read_newdata(payload, "storage/response/newdata/gridhub_uploader_01")
+    body = upload_body("batch-1", results)
+    rows = [
+        {
+            "ID": 101,
+            "Timestamp": 1504110640,
+            "SubTopic": "/60/busbar/l1/voltage-mean",
+            "Data": {"Timestamp": 1504110640, "Value": 240.0, "Valid": True, "Name": "Température"},
+        },
+        {"ID": 102, "Timestamp": 1504110641, "SubTopic": "/", "Data": {"Errno": 11}},
+        {"ID": 103, "Timestamp": 1504110642, "SubTopic": "/alarm", "Data": [1, {"a": None}]},
+    ]
+    assert status == 6
+    assert json.loads(body) == {"Batch": "batch-1", "Tables": [{"TableName": "eatl_profiler_04", "TableRows": rows}]}
+    # Each row's stored bytes, when asked for, are its Data re-encoded compactly: splicing them gives the same body.
+    first = results[0].rows[0]
+    assert first.data_raw == '{"Timestamp":1504110640,"Value":240.0,"Valid":true,"Name":"Température"}'.encode()
+    spliced = [
+        TableResult(r.table_name, [TableRow(x.id, x.timestamp, x.sub_topic, x.data_raw) for x in r.rows])
+        for r in results
+    ]
+    assert json.loads(upload_body("batch-1", spliced)) == json.loads(body)

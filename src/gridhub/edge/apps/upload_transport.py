@@ -81,18 +81,23 @@ class Acknowledgement:
     rejected: int
 
 
+_ROW = b'{"ID":%d,"Timestamp":%d,"SubTopic":%s,"Data":%s}'
+
+
 def upload_body(batch: str, results: list[TableResult]) -> bytes:
     """Return the POST /upload body: the rows per table, each stored Data spliced in byte for byte."""
     tables = []
+    topics: dict[str, bytes] = {}  # each sub-topic's JSON string, encoded once (a batch has few of them)
     for result in results:
         if not result.rows:
             continue
-        rows = b",".join(
-            b'{"ID":%d,"Timestamp":%d,"SubTopic":%s,"Data":%s}'
-            % (row.id, row.timestamp, json.dumps(row.sub_topic).encode(), row.data_raw)
-            for row in result.rows
-        )
-        tables.append(b'{"TableName":%s,"TableRows":[%s]}' % (json.dumps(result.table_name).encode(), rows))
+        rows = []
+        for row in result.rows:
+            topic = topics.get(row.sub_topic)
+            if topic is None:
+                topic = topics[row.sub_topic] = json.dumps(row.sub_topic).encode()
+            rows.append(_ROW % (row.id, row.timestamp, topic, row.data_raw))
+        tables.append(b'{"TableName":%s,"TableRows":[%s]}' % (json.dumps(result.table_name).encode(), b",".join(rows)))
     return b'{"Batch":%s,"Tables":[%s]}' % (json.dumps(batch).encode(), b",".join(tables))
 
 

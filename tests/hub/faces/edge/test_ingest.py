@@ -92,6 +92,27 @@ def test_parse_batch_names_the_bad_place() -> None:
         parse_batch({"Tables": [{"TableName": SIM, "TableRows": [{"ID": 2**32, "Timestamp": 1, "Data": {}}]}]})
 
 
+def test_parse_batch_normalises_sub_topics_and_names_the_first_bad_field() -> None:
+    def parsed(*rows: Any) -> UploadBatch:
+        return parse_batch({"Tables": [{"TableName": SIM, "TableRows": list(rows)}]})
+
+    ok = parsed(
+        {"ID": 1, "Timestamp": 5, "SubTopic": None, "Data": 1},
+        {"ID": 2, "Timestamp": 5, "SubTopic": "a/b", "Data": {}},
+        {"ID": 3, "Timestamp": 5, "Data": None},
+    )
+    assert [(r.id, r.sub_topic, r.data) for r in ok.rows] == [(1, "/", 1), (2, "/a/b", {}), (3, "/", None)]
+    good = {"ID": 1, "Timestamp": 5, "Data": {}}
+    with pytest.raises(BatchError, match=r"TableRows\[1\]\.ID: expected an integer, got 'x'"):
+        parsed(good, {"ID": "x", "Timestamp": True})  # the ID is named first, before Timestamp and Data
+    with pytest.raises(BatchError, match=r"TableRows\[1\]\.Data: required"):
+        parsed(good, {"ID": 2, "Timestamp": 5})
+    with pytest.raises(BatchError, match=r"TableRows\[2\]\.SubTopic: expected a string"):
+        parsed(good, good, {"ID": 2, "Timestamp": 5, "SubTopic": 7, "Data": {}})
+    with pytest.raises(BatchError, match=r"TableRows\[0\]: expected an object"):
+        parsed([1, 5, "/", {}])
+
+
 def test_a_deleted_substation_document_is_created_again_on_the_next_upload(store: Store) -> None:
     ingest = EdgeIngest(store)
     ingest.ingest("site-a", "edge", batch([1]))

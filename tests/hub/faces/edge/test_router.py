@@ -240,6 +240,15 @@ def test_rejected_rows_are_acknowledged_stored_as_events_and_counted(client: htt
     assert (stats["stored"], stats["rejected"], stats["duplicates"]) == (1, 1, 2)
 
 
+def test_a_body_the_fast_parser_refuses_is_still_read_as_json_reads_it(client: httpx.Client, store: Store) -> None:
+    utf16 = json.dumps(body(rows(1, 2))).encode("utf-16")  # JSON in UTF-16: orjson refuses it, json reads it
+    answer = client.post("/edge/v1/upload", content=utf16, headers=auth("site-a")).json()
+    assert answer == {"status": "success", "accepted": {SIM: [1, 2]}, "rejected": {}}
+    assert store.count_samples(f"site-a/{SIM}/60/busbar/l1/voltage-mean") == 2
+    broken = client.post("/edge/v1/upload", content=b'{"Batch": "b", "Tables": [', headers=auth("site-a"))
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["message"]  # json's own message
+
+
 def test_sites_are_kept_apart_and_stats_need_the_sites_own_token(
     client: httpx.Client, store: Store, make_client: Callable[..., httpx.Client]
 ) -> None:

@@ -19,16 +19,17 @@ import logging
 import zlib
 from typing import Any, Protocol
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from gridhub.hub.auth import AuthenticationError, Principal, Role
-from gridhub.hub.faces.edge.ingest import BatchError, EdgeIngest, parse_batch
+from gridhub.hub.faces.edge.ingest import BatchError, EdgeIngest, UploadBatch, gc_paused, parse_batch
 from gridhub.hub.store import Store
 from gridhub.hub.tls import certificate_common_name, certificate_fingerprint, peer_certificate
 
-__all__ = ["DEFAULT_LAYER", "DEFAULT_MAX_BYTES", "build_router"]
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MAX_BYTES", "OPENAPI_SECURITY_SCHEMES", "build_router"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,133 @@ DEFAULT_LAYER = "edge"
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Largest request body, as sent and after gzip decoding (settings ``upload_max_bytes`` overrides)."""
+
+# -- OpenAPI declarations (the upload route reads its body itself, so FastAPI cannot describe it) --
+
+OPENAPI_SECURITY_SCHEMES: dict[str, Any] = {
+    "siteToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The site's upload token (gridhub hub site add), or a site client certificate over mutual TLS",
+    }
+}
+"""Security schemes of this face; create_app adds them to the OpenAPI document's components."""
+
+_ERROR_BODY = {
+    "type": "object",
+    "required": ["status", "message"],
+    "properties": {"status": {"type": "string", "enum": ["error"]}, "message": {"type": "string"}},
+}
+_ROW = {
+    "type": "object",
+    "required": ["ID", "Timestamp", "Data"],
+    "properties": {
+        "ID": {"type": "integer", "format": "int32", "description": "Row ID in the edge Data Storage table"},
+        "Timestamp": {"type": "integer", "format": "int64", "description": "When the row was stored (Unix seconds)"},
+        "SubTopic": {"type": "string", "maxLength": 512, "default": "/", "description": "Sub-topic it came from"},
+        "Data": {"description": "The stored LV-CAP JSON object (a bad Data rejects only its row)"},
+    },
+}
+_BATCH = {
+    "type": "object",
+    "required": ["Tables"],
+    "properties": {
+        "Batch": {"type": "string", "maxLength": 200, "description": "The uploader's batch name"},
+        "Tables": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["TableName", "TableRows"],
+                "properties": {
+                    "TableName": {"type": "string", "description": "Application Instance ID (IID) of the table"},
+                    "TableRows": {"type": "array", "items": _ROW},
+                },
+            },
+        },
+    },
+}
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_BODY}}}
+
+
+_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An LV-CAP Data Upload API batch; send it with Content-Encoding: gzip to compress it",
+        "content": {"application/json": {"schema": _BATCH}},
+    },
+    "parameters": [
+        {
+            "in": "header",
+            "name": "Content-Encoding",
+            "required": False,
+            "schema": {"type": "string", "enum": ["gzip", "x-gzip", "identity"]},
+        }
+    ],
+    "security": [{"siteToken": []}],
+    "responses": {
+        "200": {
+            "description": "The batch is committed: accepted row IDs and rejected rows per table (IID)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "status": {"type": "string", "enum": ["success"]},
+                            "accepted": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                            },
+                            "rejected": {
+                                "type": "object",
+                                "additionalProperties": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {"ID": {"type": "integer"}, "error": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    }
+                }
+            },
+        },
+        "400": _error_doc("Malformed body (nothing stored); the message says what and where"),
+        "401": _error_doc("No valid site token or client certificate"),
+        "413": _error_doc("Body too large, as sent or after gzip decoding"),
+        "503": _error_doc("The hub store is unavailable; retry later"),
+    },
+}
+_STATS_OPENAPI: dict[str, Any] = {
+    "security": [{"siteToken": []}, {"userId": [], "authToken": []}, {"appId": [], "keyId": []}],
+    "responses": {
+        "200": {
+            "description": "The site's upload counters (rows)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "site": {"type": "string"},
+                            "received": {"type": "integer"},
+                            "stored": {"type": "integer"},
+                            "rejected": {"type": "integer"},
+                            "duplicates": {"type": "integer"},
+                            "last_upload": {"type": "string", "nullable": True},
+                        },
+                    }
+                }
+            },
+        },
+        "401": _error_doc("No valid credentials"),
+        "403": _error_doc("Another site's token, or a caller that is not an admin or operator"),
+        "404": _error_doc("No such site"),
+        "503": _error_doc("The hub store is unavailable; retry later"),
+    },
+}
 
 
 class SiteIdentity(Protocol):
@@ -130,11 +258,23 @@ def _decode(raw: bytes, encoding: str, limit: int) -> Any:
     elif encoding not in ("", "identity"):
         raise BatchError(f"Content-Encoding {encoding!r} is not supported (use gzip or none)")
     try:
+        # orjson parses a 15,000-row body in about half the time; whatever it refuses (NaN, UTF-16,
+        # lone surrogates, integers beyond 64 bits...) goes through json, which decides as before.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(raw)
     except UnicodeDecodeError:
         raise BatchError("body: not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
         raise BatchError(f"body: not valid JSON ({exc})"[:300]) from None
+
+
+def _read_batch(raw: bytes, encoding: str, limit: int) -> UploadBatch:
+    """Decode and check an upload body (BatchError, _TooLarge); run off the event loop, GC paused."""
+    with gc_paused():
+        return parse_batch(_decode(raw, encoding, limit))
 
 
 def build_router(ctx: EdgeFaceContext, ingest: EdgeIngest | None = None) -> APIRouter:
@@ -176,7 +316,7 @@ def build_router(ctx: EdgeFaceContext, ingest: EdgeIngest | None = None) -> APIR
     def store_down(exc: _StoreDown) -> JSONResponse:
         return _error(503, f"the hub store is unavailable ({exc}); retry later")
 
-    @router.post("/upload", summary="Upload a batch of LV-CAP Data Upload API rows")
+    @router.post("/upload", summary="Upload a batch of LV-CAP Data Upload API rows", openapi_extra=_UPLOAD_OPENAPI)
     async def upload(request: Request) -> JSONResponse:
         try:
             site = await authenticate(request)
@@ -190,8 +330,8 @@ def build_router(ctx: EdgeFaceContext, ingest: EdgeIngest | None = None) -> APIR
             )
         try:
             raw = await _read_body(request, limit)
-            body = _decode(raw, request.headers.get("content-encoding", ""), limit)
-            batch = parse_batch(body)
+            # ~0.1 s of CPU for a 15,000-row batch: in a worker thread, so other requests are served meanwhile.
+            batch = await run_in_threadpool(_read_batch, raw, request.headers.get("content-encoding", ""), limit)
         except _TooLarge as exc:
             return _error(413, f"{exc}; send fewer rows per batch")
         except BatchError as exc:
@@ -204,7 +344,7 @@ def build_router(ctx: EdgeFaceContext, ingest: EdgeIngest | None = None) -> APIR
             return store_down(_StoreDown(type(exc).__name__))
         return JSONResponse(result.to_json())
 
-    @router.get("/sites/{name}/stats", summary="Upload counters of one site")
+    @router.get("/sites/{name}/stats", summary="Upload counters of one site", openapi_extra=_STATS_OPENAPI)
     async def stats(name: str, request: Request) -> JSONResponse:
         """Answer the site's own token, or an admin or operator (X-User-ID and X-Auth-Token, or appId/keyId)."""
         try:
