@@ -63,13 +63,15 @@ def test_user_add_refusals_change_nothing(tmp_path: Path) -> None:
 
 def test_layer_add_from_a_layers_document(tmp_path: Path) -> None:
     document = tmp_path / "grid.json"
-    document.write_text(json.dumps({"_id": "grid", "label": "Grid", "collections": [{"name": "feeders"}]}))
+    document.write_text(
+        json.dumps({"_id": "grid", "label": "Grid", "description": "", "collections": [{"name": "feeders"}]})
+    )
     code, output = invoke(tmp_path, "layer", "add", str(document))
     assert code == 0 and "layer grid created (feeders)" in output
     code, output = invoke(tmp_path, "layer", "add", str(document))
     assert code == 0 and "layer grid replaced" in output
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"_id": "grid", "collections": [{"name": ""}]}))
+    bad.write_text(json.dumps({"_id": "grid", "label": "Grid", "description": "", "collections": [{"name": ""}]}))
     code, output = invoke(tmp_path, "layer", "add", str(bad))
     assert code == 1 and "collections[0].name" in output
     bad.write_text("{")
@@ -84,7 +86,9 @@ def test_layer_add_refuses_the_identities_layer(tmp_path: Path) -> None:
     code, output = invoke(tmp_path, "site", "add", "substation-0042")
     assert code == 0, output
     document = tmp_path / "system.json"
-    document.write_text(json.dumps({"_id": "system", "collections": [{"name": "feeders"}]}))
+    document.write_text(
+        json.dumps({"_id": "system", "label": "x", "description": "", "collections": [{"name": "feeders"}]})
+    )
     code, output = invoke(tmp_path, "layer", "add", str(document))
     assert code == 1 and "reserved" in output
     code, output = invoke(tmp_path, "site", "add", "substation-0043")
@@ -121,7 +125,13 @@ def test_bad_config_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def log_level() -> str:
+    """The --log-level of hub_process (a test overrides it with its own fixture)."""
+    return "warning"
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path, log_level: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """A real `gridhub hub run` on a free port over a fresh data dir."""
     port = free_port()
     process = subprocess.Popen(
@@ -135,7 +145,7 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
             "--port",
             str(port),
             "--log-level",
-            "warning",
+            log_level,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -190,3 +200,35 @@ def test_run_refuses_an_unreachable_store_with_a_message(tmp_path: Path) -> None
     result = runner.invoke(hub, ["run", "--config", str(config)])
     assert result.exit_code == 1
     assert f"cannot open the hub store postgresql://postgres@127.0.0.1:{port}/nothing" in result.output
+
+
+def wait_until_listening(process: subprocess.Popen[str], client: httpx2.Client) -> None:
+    deadline = time.monotonic() + 30  # bounded wait for the listener (not a speed assertion)
+    while True:
+        try:
+            client.get("/health")
+            return
+        except httpx2.TransportError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the hub did not start listening"
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("log_level", ["info"])
+def test_hub_run_never_logs_credentials_from_the_query_string(
+    hub_process: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, url = hub_process
+    key_id = "0Q6tSecretKeyIdNeverToBeLogged"
+    with httpx2.Client(base_url=url) as client:
+        wait_until_listening(process, client)
+        refused = client.get("/resources", params={"fs": "fs", "appId": "7dec0000", "keyId": key_id})
+        assert refused.status_code == 401  # the request was served (and logged), the key is unknown
+        client.get("/me", params={"token": "tok-secret-1", "access_token": "tok-secret-2", "password": "pw-secret"})
+        client.get(f"/me?authToken=tok-secret-3&keyid={key_id}")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+    assert '"GET /api/v2/resources?fs=fs&appId=7dec0000&keyId=*** HTTP/1.1" 401' in output, output
+    assert "token=***&access_token=***&password=***" in output and "authToken=***&keyid=***" in output
+    for secret in (key_id, "tok-secret-1", "tok-secret-2", "tok-secret-3", "pw-secret"):
+        assert secret not in output

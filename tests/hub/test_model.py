@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +19,7 @@ from gridhub.hub.model import (
     Sample,
     Series,
     Statistic,
+    check_field_names,
     format_time,
     parse_time,
 )
@@ -66,7 +68,9 @@ def test_layer_reads_the_xflex_example() -> None:
 
 
 def test_layer_retention_from_config() -> None:
-    layer = Layer.from_document({"_id": "ami", "label": "AMI", "config": {"retention_days": 90}})
+    layer = Layer.from_document(
+        {"_id": "ami", "label": "AMI", "description": "", "collections": [], "config": {"retention_days": 90}}
+    )
     assert layer.retention == timedelta(days=90)
 
 
@@ -139,7 +143,6 @@ def test_asset_without_id_gets_one() -> None:
         ({"_id": "a", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1]]}}, r"coordinates\[1\]"),
         ({"_id": "a", "measurements": [1]}, "measurements: expected a JSON object"),
         ({"_id": "a", "measurements": {"p": {"quality": 1}}}, "measurements.p: value is missing"),
-        ({"_id": "a", "measurements": {"p": {"value": 1}}}, "measurements.p: timestamp is missing"),
         ({"_id": "a", "measurements": {"p": {"value": 1, "timestamp": "2021-07-28T07:48:17"}}}, "with a zone"),
         ({"_id": "a", "measurements": {"p": {"value": 1, "timestamp": 0, "quality": -1}}}, "p.quality: expected"),
         ({"_id": "a", "x": float("nan")}, "document 'a'.x: expected a finite number"),
@@ -231,3 +234,41 @@ def test_reading_names_its_fields() -> None:
         0.9,
         0.2,
     )
+
+
+@pytest.mark.parametrize("missing", ["_id", "label", "description", "collections"])
+def test_layer_needs_the_xflex_minimum_attributes(missing: str) -> None:
+    document = {k: v for k, v in GRIDFLEX.items() if k not in (missing, "id" if missing == "_id" else "")}
+    with pytest.raises(ModelError, match=rf"^layer: {missing} is missing \(X-FLEX 3.1.2.1 Table 3"):
+        Layer.from_document(document)
+    with pytest.raises(ModelError, match="label, description, collections are missing"):
+        Layer.from_document({"_id": "bare"})
+    empty = Layer.from_document({"_id": "empty", "label": "", "description": "", "collections": []})
+    assert empty.collections == () and Layer.from_document(empty.to_document()) == empty
+
+
+def test_an_untimed_measurement_is_dated_by_the_caller() -> None:
+    asset = Asset.from_document({"_id": "a", "measurements": {"p": {"value": 1}}})
+    with pytest.raises(ModelError, match=r"measurements\.p: timestamp is missing"):
+        asset.measurements()
+    when = datetime(2024, 5, 1, tzinfo=UTC)
+    assert [(m.name, m.timestamp) for m in asset.measurements(default_time=when)] == [("p", when)]
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"a.b": 1}, "a.b"),
+        ({"$set": {"x": 1}}, "$set"),
+        ({"site": {"name": "x", "geo.lat": 51}}, "site.geo.lat"),
+        ({"rows": [{"ok": 1}, {"$bad": 2}]}, "rows[1].$bad"),
+        ({"measurements": {"p.q": {"value": 1, "timestamp": 0}}}, "measurements.p.q"),
+    ],
+)
+def test_field_names_selectors_cannot_reach_are_refused(document: dict[str, Any], path: str) -> None:
+    with pytest.raises(ModelError, match=rf"^documents\[0\]: field '{re.escape(path)}': a field name must not"):
+        check_field_names(document, "documents[0]")
+
+
+def test_plain_field_names_pass() -> None:
+    check_field_names({"a": {"b-c": [{"d_e": 1, "a$": 2}]}, "_id": "x"}, "doc")

@@ -33,6 +33,8 @@ hub.add_typer(user, name="user")
 hub.add_typer(layer, name="layer")
 hub.add_typer(site, name="site")
 hub.add_typer(app_cmd, name="app")
+retention = typer.Typer(no_args_is_help=True, add_completion=False, help="Per-layer sample retention.")
+hub.add_typer(retention, name="retention")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="The hub configuration file (TOML).")]
@@ -97,12 +99,14 @@ def run(
     """Run the hub (X-FLEX API at /api/v2, edge upload at /edge/v1) until interrupted."""
     import uvicorn
 
+    from gridhub.hub import redact
     from gridhub.hub.app import create_app
 
     settings = _settings(config, data_dir, host=host, port=port)
     if log_level.lower() not in LOG_LEVELS:
         raise _fail(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()  # secrets in logged URLs (keyId=..., token=...) read keyId=*** (DESIGN: never logged)
     if settings.store.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -124,9 +128,17 @@ def run(
             raise _fail(str(exc)) from None
     base = settings.url.removesuffix("/api/v2")
     typer.echo(f"gridhub hub: status page at {base}/, X-FLEX API at {settings.url} (OpenAPI docs at {base}/docs)")
-    typer.echo(f"gridhub hub: store {settings.store}")
+    live = base.replace("http", "ws", 1)
+    typer.echo(f"gridhub hub: live updates at {live}/live/v1, store {settings.store}")
     sys.stdout.flush()
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level.lower(), **options)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        log_config=redact.uvicorn_log_config(),  # the access log records query strings
+        **options,
+    )
 
 
 @user.command("add")
@@ -292,6 +304,26 @@ def app_add(
     typer.echo(f"application {name} added with role {role.value} (keyId shown once):")
     typer.echo(f"appId={app_id}")
     typer.echo(f"keyId={key_id}")
+
+
+@retention.command("run")
+def retention_run(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Delete the samples older than their layer's retention now, and print how many per layer."""
+    store, _ = _open(_settings(config, data_dir))
+    try:
+        layers = store.list_layers()
+        deleted = store.apply_retention()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    for found in layers:
+        if found.id in deleted:
+            days = found.config["retention_days"]
+            typer.echo(f"layer {found.id}: deleted {deleted[found.id]} sample(s) older than {days:g} day(s)")
+        elif not is_reserved_layer(found.id):  # the identities layer holds no samples
+            typer.echo(f"layer {found.id}: no retention (samples are kept for ever)")
+    typer.echo(f"retention: deleted {sum(deleted.values())} sample(s) in all")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, APIKeyQuery
 
 from gridhub.hub.auth import AuthenticationError, AuthService, Principal, RateLimiter
+from gridhub.hub.bus import LiveBus
 from gridhub.hub.settings import HubSettings
 from gridhub.hub.store import Store
 
@@ -34,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FaceContext:
-    """What every face is built with: the settings, the store and the identity service."""
+    """What every face is built with: the settings, the store, the identity service and the live bus."""
 
     settings: HubSettings
     store: Store
     auth: AuthService
+    bus: LiveBus = field(default_factory=LiveBus)  # create_app starts it; writers publish changes on it
     limiter: RateLimiter = field(init=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from enum import IntFlag, StrEnum
 from typing import Any
 
 __all__ = [
+    "LAYER_MINIMUM",
     "MEASUREMENTS",
     "Aggregate",
     "Asset",
@@ -39,6 +40,7 @@ __all__ = [
     "Sample",
     "Series",
     "Statistic",
+    "check_field_names",
     "format_time",
     "measurement_series_key",
     "normalise_dates",
@@ -51,6 +53,9 @@ MEASUREMENTS = "measurements"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,9})?(Z|z|[+-]\d\d:\d\d)$")
 _RESERVED = ("_id", "_updated", "_expired")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LAYER_MINIMUM = ("_id", "label", "description", "collections")
+"""The members every ``_layers`` document has (X-FLEX 3.1.2.1, Table 3)."""
 
 
 class ModelError(ValueError):
@@ -135,6 +140,25 @@ def _check_json(value: object, where: str) -> None:
     if isinstance(value, datetime):
         return  # normalise_dates turns it into text
     raise _fail(where, "a JSON value", value)
+
+
+def check_field_names(value: object, where: str, path: str = "") -> None:
+    """Refuse member names no selector can address: containing '.' or starting with '$', at any depth.
+
+    ``path`` is where value sits in the document; the error names the whole path of the member.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and ("." in key or key.startswith("$")):
+                raise ModelError(
+                    f"{where}: field {here!r}: a field name must not contain '.' or start with '$' "
+                    "(selectors and sorts read '.' as a path separator and '$' as an operator)"
+                )
+            check_field_names(item, where, here)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_field_names(item, where, f"{path}[{i}]")
 
 
 def normalise_dates(value: Any) -> Any:
@@ -245,13 +269,20 @@ class Layer:
 
     @classmethod
     def from_document(cls, doc: object, where: str = "layer") -> Layer:
-        """Read an X-FLEX ``_layers`` document."""
+        """Read an X-FLEX ``_layers`` document; it must have the members of :data:`LAYER_MINIMUM`."""
         data = _check_mapping(doc, where)
         _check_json(data, where)
+        missing = [key for key in LAYER_MINIMUM if key not in data and not (key == "_id" and "id" in data)]
+        if missing:
+            raise ModelError(
+                f"{where}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing "
+                "(X-FLEX 3.1.2.1 Table 3: a layer has at least _id, label, description and collections, "
+                "which may be an empty list)"
+            )
         layer_id = data.get("_id", data.get("id"))
         if "id" in data and "_id" in data and data["id"] != data["_id"]:
             raise ModelError(f"{where}: id {data['id']!r} differs from _id {layer_id!r}")
-        collections = data.get("collections", [])
+        collections = data["collections"]
         if not isinstance(collections, list):
             raise _fail(f"{where}.collections", "a list of collection objects", collections)
         config = data.get("config", {})
@@ -260,8 +291,8 @@ class Layer:
         known = {"_id", "id", "label", "description", "owner", "collections", "config"}
         return cls(
             id=_check_name(layer_id, f"{where}._id"),
-            label=_check_text(data.get("label", layer_id), f"{where}.label"),
-            description=_check_text(data.get("description", ""), f"{where}.description"),
+            label=_check_text(data["label"], f"{where}.label"),
+            description=_check_text(data["description"], f"{where}.description"),
             owner=_check_text(data.get("owner", ""), f"{where}.owner"),
             collections=tuple(
                 CollectionSpec.from_document(item, f"{where}.collections[{i}]") for i, item in enumerate(collections)
@@ -378,7 +409,7 @@ class Asset:
         object.__setattr__(self, "attributes", normalise_dates(self.attributes))
         if self.geometry is not None:
             geometry_positions(self.geometry, f"{where}: geometry")
-        self.measurements()  # validates
+        self.measurements(default_time=_EPOCH)  # validates; a store write dates untimed items at the write time
 
     @property
     def geometry(self) -> Mapping[str, Any] | None:

@@ -28,6 +28,7 @@ max_bytes = 67108864
 layer = "edge"
 [maintenance]
 compact_interval = 86400.0     # seconds between Store.compact() runs; 0: never
+retention_interval = 3600.0    # seconds between Store.apply_retention() runs (and one at start-up); 0: never
 [smtp]
 host = ""                      # empty: /notify/email answers 503
 port = 25
@@ -37,9 +38,12 @@ password = ""
 sender = ""
 timeout = 10.0
 [nats]
-url = ""                       # empty: the gateway calls hub services in-process
+url = ""                       # empty: the gateway calls hub services in-process; live updates stay in-process
 domain = "gridhub"
 timeout = 5.0
+[live]
+queue_size = 1000              # events one WebSocket client may have waiting; more: overflow, close 1013
+auth_check_interval = 15.0     # seconds between re-checks of a live connection's credential
 [tls]
 cert = ""                      # with key: serve HTTPS
 key = ""
@@ -133,6 +137,13 @@ class HubSettings:
         default=86_400.0,
         metadata=_meta("maintenance.compact_interval", "Seconds between Store.compact() runs; 0: never."),
     )
+    retention_interval: float = field(
+        default=3600.0,
+        metadata=_meta(
+            "maintenance.retention_interval",
+            "Seconds between runs deleting samples older than their layer's retention (one at start-up); 0: never.",
+        ),
+    )
     smtp_host: str = field(
         default="", metadata=_meta("smtp.host", "SMTP server for /notify/email; empty: email is off (503).")
     )
@@ -143,13 +154,24 @@ class HubSettings:
     smtp_sender: str = field(default="", metadata=_meta("smtp.sender", "From address used when a message names none."))
     smtp_timeout: float = field(default=10.0, metadata=_meta("smtp.timeout", "Seconds to wait for the SMTP server."))
     nats_url: str = field(
-        default="", metadata=_meta("nats.url", "NATS server for /gateway; empty: hub services are called in-process.")
+        default="",
+        metadata=_meta(
+            "nats.url", "NATS server for /gateway and live updates across replicas; empty: both stay in-process."
+        ),
     )
     nats_domain: str = field(
         default="gridhub", metadata=_meta("nats.domain", "First subject token: <domain>.<service>.<action>.")
     )
     nats_timeout: float = field(
         default=5.0, metadata=_meta("nats.timeout", "Seconds the gateway waits for a NATS reply.")
+    )
+    live_queue_size: int = field(
+        default=1000,
+        metadata=_meta("live.queue_size", "Events one live client may have waiting; more: overflow and close 1013."),
+    )
+    live_auth_check_interval: float = field(
+        default=15.0,
+        metadata=_meta("live.auth_check_interval", "Seconds between re-checks of a live connection's credential."),
     )
     tls_cert: str = field(
         default="", metadata=_meta("tls.cert", "Server certificate (PEM); with tls.key the hub serves HTTPS.")
@@ -211,6 +233,7 @@ class HubSettings:
             ("auth.rate_window", self.rate_window),
             ("smtp.timeout", self.smtp_timeout),
             ("nats.timeout", self.nats_timeout),
+            ("live.auth_check_interval", self.live_auth_check_interval),
             ("resources.max_mb", self.resource_max_mb),
         ):
             if not value > 0:
@@ -219,10 +242,15 @@ class HubSettings:
             raise HubConfigError(
                 f"maintenance.compact_interval: expected 0 (off) or a positive number, got {self.compact_interval}"
             )
+        if not self.retention_interval >= 0:
+            raise HubConfigError(
+                f"maintenance.retention_interval: expected 0 (off) or a positive number, got {self.retention_interval}"
+            )
         for key, count in (
             ("auth.rate_limit", self.rate_limit),
             ("api.query_limit", self.query_limit),
             ("upload.max_bytes", self.upload_max_bytes),
+            ("live.queue_size", self.live_queue_size),
         ):
             if count < 1:
                 raise HubConfigError(f"{key}: expected an integer >= 1, got {count}")

@@ -8,9 +8,17 @@ from gridhub.hub.auth import Access, Grant, PolicyError, Principal, Role, policy
 from gridhub.hub.model import Layer, Resource
 
 GRID = Layer.from_document(
-    {"_id": "grid", "label": "Grid", "owner": "dno", "collections": [{"name": "feeders"}, {"name": "meters"}]}
+    {
+        "_id": "grid",
+        "label": "Grid",
+        "description": "",
+        "owner": "dno",
+        "collections": [{"name": "feeders"}, {"name": "meters"}],
+    }
 )
-AMI = Layer.from_document({"_id": "ami", "label": "AMI", "owner": "retailer", "collections": [{"name": "meters"}]})
+AMI = Layer.from_document(
+    {"_id": "ami", "label": "AMI", "description": "", "owner": "retailer", "collections": [{"name": "meters"}]}
+)
 
 
 def who(role: Role, name: str = "someone", grants: tuple[str, ...] = (), kind: str = "user") -> Principal:

@@ -51,7 +51,7 @@ def test_layer_round_trips_and_replaces(store: Store) -> None:
     assert store.put_layer(Layer.from_document(changed)) is False
     assert store.get_layer("grid").label == "Grid v2"
     assert [c.name for c in store.get_layer("grid").collections] == ["feeders"]
-    store.put_layer(Layer.from_document({"_id": "ami", "label": "AMI"}))
+    store.put_layer(Layer.from_document({"_id": "ami", "label": "AMI", "description": "", "collections": []}))
     assert [layer.id for layer in store.list_layers()] == ["ami", "grid"]
 
 
@@ -351,6 +351,24 @@ def test_repeated_key_in_one_batch_keeps_the_last(grid: Store) -> None:
     assert grid.read_range(key, T0, T0 + timedelta(seconds=1)).values() == [4.0]
 
 
+def test_repeated_key_keeps_the_last_across_plain_and_structured_samples(grid: Store) -> None:
+    key = make_series(grid)
+    t1 = T0 + timedelta(minutes=1)
+    end = T0 + timedelta(minutes=2)
+    spectrum = Sample(key, T0, None, data={"Value": [1, 2]}, quality=Quality.INVALID, confidence=0.5, cost=2)
+    grid.write_samples([Sample(key, T0, 1.0), spectrum, Sample(key, t1, 5.0)])
+    assert [tuple(r) for r in grid.read_range(key, T0, end, detail=True)] == [
+        (T0, None, 1, {"Value": [1, 2]}, 0.5, 2.0),
+        (t1, 5.0, 0, None, None, None),
+    ]
+    # A plain sample replacing a structured one leaves nothing of it (data, confidence, cost).
+    grid.write_samples([Sample(key, t1, None, data={"x": 1}, cost=3), Sample(key, T0, 7.0), Sample(key, t1, 8.0)])
+    assert [tuple(r) for r in grid.read_range(key, T0, end, detail=True)] == [
+        (T0, 7.0, 0, None, None, None),
+        (t1, 8.0, 0, None, None, None),
+    ]
+
+
 def test_unknown_series_writes_nothing(grid: Store) -> None:
     key = make_series(grid)
     with pytest.raises(NotFoundError, match="series 'ghost' does not exist"):
@@ -431,7 +449,7 @@ def test_delete_series_deletes_its_samples(grid: Store) -> None:
 
 
 def test_retention_per_layer(grid: Store) -> None:
-    grid.put_layer(Layer.from_document({"_id": "archive", "label": "Archive"}))  # no retention: kept for ever
+    grid.put_layer(Layer(id="archive", label="Archive"))  # no retention: kept for ever
     now = T0 + timedelta(days=40)
     kept = make_series(grid, "archive/x", layer="archive")
     trimmed = make_series(grid)

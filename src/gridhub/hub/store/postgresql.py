@@ -233,8 +233,24 @@ class PostgresStore(SqlStore):
     def _json_exists(self, keys: list[str]) -> sa.ColumnElement[bool]:
         return self._extract(keys).is_not(None)
 
-    def _json_sort(self, keys: list[str]) -> sa.ColumnElement[Any]:
-        return self._extract(keys)
+    def _json_sort(self, keys: list[str]) -> list[sa.ColumnElement[Any]]:
+        kind = sa.func.jsonb_typeof(self._extract(keys))
+        text = sa.func.jsonb_extract_path_text(s.assets.c.document, *keys, type_=sa.Text)
+        rank = sa.case(
+            (kind == "number", 1),
+            (kind == "string", 2),
+            (kind == "object", 3),
+            (kind == "array", 4),
+            (kind == "boolean", 5),
+            else_=0,
+        )
+        number = sa.case(
+            (kind == "number", sa.cast(text, sa.Numeric)),
+            (kind == "boolean", sa.case((text == "true", 1), else_=0)),
+        )
+        # Strings compare by code point, as SQLite's BINARY collation does, whatever the database's collation.
+        string = sa.case((kind == "string", text.collate("C")))
+        return [rank, number, string]
 
     # -- samples
     def _bulk_write(self, conn: Connection, samples: Sequence[Sample], ids: Mapping[str, int]) -> None:

@@ -33,6 +33,7 @@ from gridhub.hub.model import (
     Sample,
     Series,
     Statistic,
+    check_field_names,
     format_time,
     geometry_positions,
     measurement_series_key,
@@ -112,6 +113,75 @@ def _patch_times(changes: Mapping[str, Any]) -> list[datetime]:
     return out
 
 
+_MEASUREMENTS_TIME = "measurementsTimestamp"
+
+
+def _measurement_times(document: Mapping[str, Any]) -> dict[str, datetime]:
+    """Return the time of each real-time measurement of a stored document."""
+    if not isinstance(document.get(MEASUREMENTS), Mapping):
+        return {}
+    return {m.name: m.timestamp for m in Asset.from_document(document).measurements()}
+
+
+def _stamp_measurements(document: dict[str, Any], times: Mapping[str, datetime]) -> None:
+    """Write each measurement's time into its item (in place), so a later write cannot shift it.
+
+    An item without its own timestamp would otherwise read measurementsTimestamp or _updated,
+    which later writes change.
+    """
+    items = document.get(MEASUREMENTS)
+    if not isinstance(items, Mapping):
+        return
+    stamped = dict(items)
+    for name, item in items.items():
+        if isinstance(item, Mapping) and item.get("timestamp") is None and name in times:
+            stamped[name] = {**item, "timestamp": format_time(times[name])}
+    document[MEASUREMENTS] = stamped
+
+
+def _patch_measurements(
+    current: Mapping[str, Any], merged: dict[str, Any], changes: Mapping[str, Any], now: datetime, where: str
+) -> dict[str, Any]:
+    """Apply a patch's ``measurements`` to merged (the document merge-patched with the rest of the patch).
+
+    Each patched item replaces the current one whole, and only when its timestamp is not older
+    than the current one's (a late, older value goes to the history alone); an item without a
+    timestamp takes the patch's measurementsTimestamp, else the write time; null removes an item.
+    A patched measurementsTimestamp older than the document's is not applied either. Returns the
+    items (with their timestamps) to append to the series history.
+    """
+    known = _measurement_times(current)
+    state = merged.get(MEASUREMENTS)
+    state = dict(state) if isinstance(state, Mapping) else {}
+    fallback = changes.get(_MEASUREMENTS_TIME)
+    if fallback is None:
+        fallback = format_time(now)
+    history: dict[str, Any] = {}
+    for name, item in changes[MEASUREMENTS].items():
+        if item is None:
+            state.pop(name, None)
+            continue
+        if not isinstance(item, Mapping):
+            state[name] = item  # refused when the document is validated
+            continue
+        new = dict(item)
+        if new.get("timestamp") is None:
+            new["timestamp"] = fallback
+        stamp = parse_time(new["timestamp"], f"{where}: {MEASUREMENTS}.{name}.timestamp")
+        history[name] = new
+        if name not in known or stamp >= known[name]:
+            state[name] = new
+    merged[MEASUREMENTS] = state
+    patched_time, current_time = changes.get(_MEASUREMENTS_TIME), current.get(_MEASUREMENTS_TIME)
+    if patched_time is not None and current_time is not None:
+        try:
+            if parse_time(patched_time, _MEASUREMENTS_TIME) < parse_time(current_time, _MEASUREMENTS_TIME):
+                merged[_MEASUREMENTS_TIME] = current_time
+        except ModelError:
+            pass  # not a time: an ordinary attribute, merged as written
+    return history
+
+
 class SqlStore(Store):
     """A :class:`Store` over a SQLAlchemy engine; subclasses fill in the dialect hooks."""
 
@@ -160,8 +230,14 @@ class SqlStore(Store):
         """Return: the document has a member at keys (possibly null)."""
 
     @abc.abstractmethod
-    def _json_sort(self, keys: list[str]) -> sa.ColumnElement[Any]:
-        """Return the expression documents are sorted by for a field."""
+    def _json_sort(self, keys: list[str]) -> list[sa.ColumnElement[Any]]:
+        """Return the keys documents are sorted by for a field: [type rank, number, string].
+
+        The rank orders types as MongoDB does: missing or null 0, numbers 1, strings 2, objects 3,
+        arrays 4, booleans 5. The number key holds numbers (and booleans as 0/1), the string key
+        strings compared by code point; both are NULL for other types, so objects and arrays tie
+        within their rank (the _id that :meth:`_order` appends decides).
+        """
 
     @abc.abstractmethod
     def _bulk_write(self, conn: Connection, samples: Sequence[Sample], ids: Mapping[str, int]) -> None:
@@ -316,9 +392,9 @@ class SqlStore(Store):
             if not isinstance(item, tuple | list) or len(item) != 2 or item[1] not in (1, -1):
                 raise SelectorError(f"sort[{i}]: expected (field, 1 or -1), got {item!r}")
             keys = self._path(item[0], f"sort[{i}]")
-            expr = s.assets.c.id if keys == ["_id"] else self._json_sort(keys)
-            out.append(expr.asc() if item[1] == 1 else expr.desc())
-        out.append(s.assets.c.id.asc())
+            exprs = [s.assets.c.id] if keys == ["_id"] else self._json_sort(keys)
+            out.extend(e.asc() if item[1] == 1 else e.desc() for e in exprs)
+        out.append(s.assets.c.id.asc())  # ties: by _id, so that pages never overlap or skip
         return out
 
     # -- documents ------------------------------------------------------------------------------
@@ -390,7 +466,12 @@ class SqlStore(Store):
             guess_id = str(guess) if isinstance(guess, str | int) and not isinstance(guess, bool) else None
             try:
                 asset = replace(Asset.from_document(doc, where=f"documents[{i}]"), updated=now)
+                check_field_names(asset.attributes, f"documents[{i}]")
                 series, samples = self._measurement_samples(layer, collection, asset)
+                if samples:
+                    attributes = dict(asset.attributes)
+                    _stamp_measurements(attributes, {x.name: y.ts for x, y in zip(series, samples, strict=True)})
+                    asset = replace(asset, attributes=attributes)
             except ModelError as exc:
                 errors.append(DocumentError(i, guess_id, str(exc)))
                 continue
@@ -488,9 +569,14 @@ class SqlStore(Store):
         if not isinstance(changes, Mapping) or not all(isinstance(k, str) for k in changes):
             raise SelectorError(f"patch of {layer}/{collection}: expected a JSON object of changes, got {changes!r}")
         changes = {k: v for k, v in changes.items() if k != "_updated"}  # the store sets _updated
+        try:
+            check_field_names(changes, f"patch of {layer}/{collection}")
+        except ModelError as exc:
+            raise SelectorError(str(exc)) from None
         condition = self._compile(selector)
         now = utc_now()
-        names = list(changes.get(MEASUREMENTS) or {}) if isinstance(changes.get(MEASUREMENTS), Mapping) else []
+        carried = isinstance(changes.get(MEASUREMENTS), Mapping)
+        rest = {k: v for k, v in changes.items() if k != MEASUREMENTS} if carried else changes
         with self.engine.connect() as conn:
             self._collection(conn, layer, collection)
         self._prepare_times([now, *_patch_times(changes)])
@@ -507,12 +593,15 @@ class SqlStore(Store):
                 where = f"patch of {layer}/{collection}/{doc_id}"
                 if "_id" in changes and changes["_id"] != doc_id:
                     raise SelectorError(f"{where}: _id cannot be changed (from {doc_id!r} to {changes['_id']!r})")
-                merged = merge_patch(doc, changes)
-                merged["_id"] = doc_id
-                merged.pop("_updated", None)
                 try:
+                    merged = merge_patch(doc, rest)
+                    _stamp_measurements(merged, _measurement_times(doc))
+                    history_items = _patch_measurements(doc, merged, changes, now, where) if carried else {}
+                    merged["_id"] = doc_id
+                    merged.pop("_updated", None)
                     asset = replace(Asset.from_document(merged, where=where), updated=now)
-                    series, samples = self._measurement_samples(layer, collection, asset, names)
+                    appended = Asset(doc_id, {MEASUREMENTS: history_items}, updated=now)
+                    series, samples = self._measurement_samples(layer, collection, appended)
                 except ModelError as exc:
                     raise StoreError(str(exc)) from None
                 history[0].extend(series)

@@ -272,7 +272,9 @@ def test_unknown_layer_unlisted_collection_and_reserved_layer_are_404(hub: Hub) 
 
 
 def test_each_credential_sees_only_its_data(hub: Hub) -> None:
-    hub.put_layer({"_id": "ami", "label": "AMI", "owner": "retailer", "collections": [{"name": "meters"}]})
+    hub.put_layer(
+        {"_id": "ami", "label": "AMI", "description": "", "owner": "retailer", "collections": [{"name": "meters"}]}
+    )
     insert(hub, f"{API}/ami/meters", {"_id": "M1"})
     insert(hub, SUBS, {"_id": "S1"})
     dno = hub.user("dno", Role.OWNER)  # owns 'grid'
@@ -298,3 +300,105 @@ def test_each_credential_sees_only_its_data(hub: Hub) -> None:
         ).status_code
         == 200
     )
+
+
+def test_insert_many_refuses_only_the_items_that_are_not_documents(hub: Hub) -> None:
+    url = f"{API}/grid/generators"
+    body = insert(hub, url, [{"_id": "PV1"}, {"_id": "TSO"}, {"name": "noid"}, 5])
+    data = body["data"]
+    assert body["status"] == "success" and data["ok"] == 3 and data["insertedIds"][:2] == ["PV1", "TSO"]
+    assert data["err"] == 1 and data["errorIds"] == []  # 3.3.1.2.4: only an erring document's _id is listed
+    assert data["errors"] == [
+        {"index": 3, "_id": None, "message": "documents[3]: expected a JSON object, got a number"}
+    ]
+    stored = hub.client.get(url, headers=hub.admin).json()["data"]
+    assert sorted(d.get("name", d["_id"]) for d in stored) == ["PV1", "TSO", "noid"]
+    none = hub.client.post(url, json=["x", None], headers=hub.admin)
+    assert none.status_code == 400 and none.json()["data"]["err"] == 2
+    assert "documents[0]: expected a JSON object, got a string" in none.json()["message"]
+
+
+def test_patch_many_refuses_only_the_items_that_are_not_documents(hub: Hub) -> None:
+    url = f"{API}/grid/generators"
+    insert(hub, url, GENERATORS)
+    response = hub.client.patch(
+        url, json=[{"_id": "G2", "active": True}, [1], {"_id": "G3", "x": 1}], headers=hub.admin
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["ok"] == 2 and data["updatedIds"] == ["G2", "G3"] and data["err"] == 1 and data["errorIds"] == []
+    assert data["errors"][0]["index"] == 1 and "expected a JSON object, got an array" in data["errors"][0]["message"]
+    assert hub.client.get(f"{url}/G2", headers=hub.admin).json()["data"]["active"] is True
+
+
+def test_near_on_a_collection_that_is_not_geo_is_400(hub: Hub) -> None:
+    point = {"lat": 51.45, "lon": -2.58, "distance": 100}
+    response = hub.client.get(f"{API}/near/grid/generators", params=point, headers=hub.admin)
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("collection generators of layer grid is not geo")
+    assert hub.client.get(f"{API}/near/grid/substations", params=point, headers=hub.admin).status_code == 200
+
+
+def test_callers_without_a_grant_cannot_tell_what_exists(hub: Hub) -> None:
+    hub.put_layer(
+        {"_id": "lay2", "label": "Layer 2", "description": "second layer", "collections": [{"name": "listed"}]}
+    )
+    stranger = hub.user("stranger", Role.CONSUMER, ("grid/substations:read",))
+    answers = {
+        name: hub.client.get(f"{API}/{name}", headers=stranger)
+        for name in ("lay2/listed", "lay2/x", "nolayer/x", "grid/generators", "grid/x")
+    }
+    for name, response in answers.items():
+        assert response.status_code == 403, (name, response.text)
+        assert response.json()["message"] == f"user 'stranger' may not read {name}"
+    queries = {
+        "range": {"from": "2024-01-01T00:00:00Z", "to": "2024-01-02T00:00:00Z"},
+        "near": {"lat": 0, "lon": 0, "distance": 1},
+    }
+    for url in (f"{API}/range/lay2/x", f"{API}/near/nolayer/x", f"{API}/lay2/x/D1", f"{API}/nolayer/x/field/a"):
+        query = queries.get(url.split("/")[3], {})
+        assert hub.client.get(url, params=query, headers=stranger).status_code == 403, url
+    reader = hub.user("reader2", Role.CONSUMER, ("lay2/*:read",))  # may read every collection of lay2
+    missing = hub.client.get(f"{API}/lay2/x", headers=reader)
+    assert missing.status_code == 404 and missing.json()["message"] == "collection 'x' is not listed in layer 'lay2'"
+    assert hub.client.get(f"{API}/nolayer/x", headers=hub.admin).status_code == 404
+    writer = hub.user("owner2", Role.OWNER)
+    assert hub.client.post(f"{API}/lay2/x", json={"_id": "D1"}, headers=writer).status_code == 403
+
+
+def test_sort_across_types_pages_the_same_on_both_backends(hub: Hub) -> None:
+    url = f"{API}/grid/readings"
+    docs = [
+        {"_id": "F1", "n": 1},
+        {"_id": "F2", "n": "1"},
+        {"_id": "F3", "n": 2.5},
+        {"_id": "F4"},
+        {"_id": "F5", "n": True},
+    ]
+    insert(hub, url, docs)
+    pages = [
+        ids(hub.client.get(url, params={"sort": "-n", "limit": 2, "skip": s}, headers=hub.admin)) for s in (0, 2, 4)
+    ]
+    # MongoDB's type order, reversed: booleans, strings, numbers, then missing.
+    assert pages == [["F5", "F2"], ["F3", "F1"], ["F4"]]
+    assert ids(hub.client.get(url, params={"sort": "n"}, headers=hub.admin)) == ["F4", "F1", "F3", "F2", "F5"]
+
+
+def test_field_names_with_dots_or_dollars_are_refused_naming_the_path(hub: Hub) -> None:
+    url = f"{API}/grid/readings"
+    body = insert(hub, url, [{"_id": "R1", "site": {"zone": "north"}}, {"_id": "R2", "site": {"zone.name": "x"}}])
+    assert body["data"]["insertedIds"] == ["R1"] and body["data"]["errorIds"] == ["R2"]
+    message = body["data"]["errors"][0]["message"]
+    assert message.startswith("documents[1]: field 'site.zone.name': a field name must not contain '.' or start")
+    one = hub.client.post(url, json={"_id": "R3", "a.b": 1}, headers=hub.admin)
+    assert one.status_code == 400 and "field 'a.b'" in one.json()["message"]
+    patched = hub.client.patch(f"{url}/R1", json={"$set": {"x": 1}}, headers=hub.admin)
+    assert patched.status_code == 400
+    assert patched.json()["status"] == "error" and "field '$set'" in patched.json()["message"]
+    many = hub.client.patch(url, json=[{"_id": "R1", "ok": 1}, {"_id": "R1", "rows": [{"$x": 1}]}], headers=hub.admin)
+    assert many.status_code == 200
+    assert many.json()["data"]["updatedIds"] == ["R1"] and many.json()["data"]["errorIds"] == ["R1"]
+    assert "field 'rows[0].$x'" in many.json()["data"]["errors"][0]["message"]
+    doc = hub.client.get(f"{url}/R1", headers=hub.admin).json()["data"]
+    assert doc["site"] == {"zone": "north"} and doc["ok"] == 1 and "rows" not in doc and "x" not in doc
+    assert ids(hub.client.get(url, headers=hub.admin)) == ["R1"]

@@ -9,6 +9,7 @@ from gridhub.hub.model import Series
 from tests.hub.faces.xflex.conftest import API, GRID_LAYER, Hub
 
 CONFIG = f"{API}/config"
+BARE = {"label": "x", "description": "", "collections": []}
 
 
 def test_admin_creates_and_replaces_a_layer(hub: Hub) -> None:
@@ -34,7 +35,9 @@ def test_admin_creates_and_replaces_a_layer(hub: Hub) -> None:
     created = hub.client.put(f"{CONFIG}/ami/ami", json=document, headers=hub.admin)
     assert created.json() == {"status": "success", "message": "Layer created"}
     assert hub.client.get(f"{CONFIG}/ami/ami", headers=hub.admin).json()["data"] == document
-    replaced = hub.client.put(f"{CONFIG}/ami/ami", json={"label": "AMI v2", "collections": []}, headers=hub.admin)
+    replaced = hub.client.put(
+        f"{CONFIG}/ami/ami", json={"label": "AMI v2", "description": "", "collections": []}, headers=hub.admin
+    )
     assert replaced.json()["message"] == "Layer replaced"
     assert hub.client.get(f"{API}/ami/meters", headers=hub.admin).status_code == 404  # no longer listed
 
@@ -50,9 +53,9 @@ def test_only_admins_create_layers(hub: Hub) -> None:
 def test_bad_layer_documents_are_400_and_change_nothing(hub: Hub) -> None:
     for body, message in [
         ({"_id": "other", "label": "x"}, "differs from the path"),
-        ({"label": "x", "collections": [{"name": "a"}, {"name": "a"}]}, "listed twice"),
-        ({"label": "x", "collections": "meters"}, "collections"),
-        ({"label": "x", "config": {"retention_days": -1}}, "retention_days"),
+        ({**BARE, "collections": [{"name": "a"}, {"name": "a"}]}, "listed twice"),
+        ({**BARE, "collections": "meters"}, "collections"),
+        ({**BARE, "config": {"retention_days": -1}}, "retention_days"),
     ]:
         response = hub.client.put(f"{CONFIG}/ami/ami", json=body, headers=hub.admin)
         assert response.status_code == 400, body
@@ -141,3 +144,24 @@ def test_unknown_items_are_404(hub: Hub) -> None:
     missing = hub.client.get(f"{CONFIG}/grid/nothing", headers=hub.admin)
     assert missing.status_code == 404 and "neither a collection nor a series" in missing.json()["message"]
     assert hub.client.get(f"{CONFIG}/system/system", headers=hub.admin).status_code == 404
+
+
+def test_a_layer_needs_label_description_and_collections(hub: Hub) -> None:
+    full = {"label": "AMI", "description": "Smart meters", "collections": []}
+    for missing in ("label", "description", "collections"):
+        body = {k: v for k, v in full.items() if k != missing}
+        response = hub.client.put(f"{CONFIG}/ami/ami", json=body, headers=hub.admin)
+        assert response.status_code == 400, missing
+        assert response.json() == {
+            "status": "error",
+            "message": f"layer 'ami': {missing} is missing (X-FLEX 3.1.2.1 Table 3: a layer has at least _id, "
+            "label, description and collections, which may be an empty list)",
+        }
+    assert hub.client.get(f"{CONFIG}/ami/ami", headers=hub.admin).status_code == 404
+    created = hub.client.put(f"{CONFIG}/ami/ami", json=full, headers=hub.admin)  # no collections yet is fine
+    assert created.json() == {"status": "success", "message": "Layer created"}
+    assert hub.client.get(f"{CONFIG}/ami/ami", headers=hub.admin).json()["data"] == {
+        "_id": "ami",
+        "owner": "",
+        **full,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.hub.auth.conftest import Clock
@@ -64,3 +65,39 @@ def test_store_outage_is_503(tmp_path: Path, clock: Clock) -> None:
             assert response.json() == {"status": "error", "message": "the hub store is unavailable; try again later"}
     finally:
         drop_database(database)
+
+
+def test_405_allow_names_every_method_of_the_matching_routes(hub: Hub) -> None:
+    options = hub.client.options(f"{API}/grid/generators", headers=hub.admin)
+    assert options.status_code == 405 and options.json()["status"] == "error"
+    assert set(options.headers["allow"].split(", ")) == {"GET", "POST", "PATCH", "DELETE"}
+    assert "(allowed: GET, POST, PATCH, DELETE)" in options.json()["message"]
+    put = hub.client.put(f"{API}/grid/generators/CT1", json={}, headers=hub.admin)
+    assert put.status_code == 405
+    assert set(put.headers["allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    email = hub.client.get(f"{API}/notify/email", headers=hub.admin)
+    assert email.status_code == 405 and email.headers["allow"] == "POST"
+    for method in put.headers["allow"].split(", "):  # every advertised method is really routed there
+        assert hub.client.request(method, f"{API}/grid/generators/CT1", headers=hub.admin).status_code != 405
+
+
+def test_a_body_that_is_not_json_says_to_send_json(hub: Hub) -> None:
+    url = f"{API}/grid/generators"
+    form = hub.client.post(url, content=b'{"_id": "G1"}', headers={**hub.admin, "content-type": "text/plain"})
+    assert form.status_code == 400
+    assert "send Content-Type: application/json" in form.json()["message"]
+    urlencoded = hub.client.post(url, data={"_id": "G1"}, headers=hub.admin)  # what curl -d sends
+    assert urlencoded.status_code == 400 and "Content-Type: application/json" in urlencoded.json()["message"]
+    patch = hub.client.patch(
+        f"{url}/G1", content=b'{"a": 1}', headers={**hub.admin, "content-type": "application/x-www-form-urlencoded"}
+    )
+    assert patch.status_code == 400 and "Content-Type: application/json" in patch.json()["message"]
+    empty = hub.client.post(url, content=b"", headers={**hub.admin, "content-type": "application/json"})
+    assert empty.status_code == 400 and "body: required" in empty.json()["message"], empty.text
+    for body in (5, "G1", True, None):
+        scalar = hub.client.post(
+            url, content=json.dumps(body), headers={**hub.admin, "content-type": "application/json"}
+        )
+        assert scalar.status_code == 400, body
+        assert "body: expected a JSON object or an array of objects" in scalar.json()["message"], scalar.text
+    assert hub.client.get(url, headers=hub.admin).json()["data"] == []  # nothing was written

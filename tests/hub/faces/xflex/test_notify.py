@@ -130,3 +130,39 @@ def test_twitter_is_retired(hub: Hub) -> None:
     assert response.status_code == 501
     assert response.json()["status"] == "error" and "retired" in response.json()["message"]
     assert hub.client.post(f"{API}/notify/twitter", json=body).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"headers": {"From": "boss@x.org"}}, "headers.From: set by from, not in headers"),
+        ({"headers": {"bcc": "spy@x.org"}}, "headers.bcc: set by bcc, not in headers"),
+        ({"headers": {"Message-ID": "<a@b>"}}, "headers.Message-ID: set by the hub"),
+        ({"headers": {"Content-Type": "text/html"}}, "headers.Content-Type: set by text and html"),
+        ({"headers": {"Bad Name": "v"}}, "headers.Bad Name: not a header field name"),
+        ({"headers": {"X:Colon": "v"}}, "headers.X:Colon: not a header field name"),
+        ({"headers": {"X-Tag": "a\r\nBcc: spy@x.org"}}, "headers.X-Tag: must not contain line breaks"),
+        ({"subject": "hello\r\nBcc: spy@x.org"}, "subject: must not contain line breaks"),
+        ({"subject": "hello\nX-Evil: 1"}, "subject: must not contain line breaks"),
+        ({"to": ["a@x.org", "b@x.org\nBcc: spy@x.org"]}, "to[1]: must not contain line breaks"),
+        ({"from": "me@x.org\r\nBcc: spy@x.org"}, "from: must not contain line breaks"),
+        ({"replyTo": "r@x.org\rX: y"}, "replyTo: must not contain line breaks"),
+    ],
+)
+def test_bad_headers_and_injections_are_400_and_send_nothing(
+    mail_hub: Hub, smtp_sink: tuple[Mailbox, int], changes: dict[str, Any], message: str
+) -> None:
+    body = {"to": "a@x.org", "subject": "s", "text": "t", **changes}
+    response = mail_hub.client.post(f"{API}/notify/email", json=body, headers=mail_hub.admin)
+    assert response.status_code == 400, response.text
+    assert response.json()["status"] == "error" and response.json()["message"].startswith(message)
+    assert smtp_sink[0].envelopes == []
+
+
+def test_custom_headers_are_sent(mail_hub: Hub, smtp_sink: tuple[Mailbox, int]) -> None:
+    body = {"to": "a@x.org", "subject": "s", "text": "t", "headers": {"X-Site": "substation-01", "X-Prio": "é"}}
+    response = mail_hub.client.post(f"{API}/notify/email", json=body, headers=mail_hub.admin)
+    assert response.status_code == 200, response.text
+    message = smtp_sink[0].message()
+    assert message["X-Site"] == "substation-01" and message["From"] == "hub@gridhub.test"
+    assert len(message.get_all("From") or []) == 1 and message["Subject"] == "s"

@@ -119,3 +119,21 @@ def test_too_large_files_are_refused_and_nothing_is_kept(hub_settings: HubSettin
         assert response.status_code == 413 and "larger than" in response.json()["message"]
         assert hub.client.get(RES, params={"fs": "fs"}, headers=hub.admin).json() == []
         assert list((hub.settings.resources_dir / "fs").iterdir()) == []
+
+
+def test_metadata_patch_takes_the_annex_example_array_merged_in_order(hub: Hub) -> None:
+    file_id = upload(hub, "a.png", PNG, hub.admin)
+    query = {"fs": "fs", "key": "id"}
+    url = f"{RES}/{file_id}/metadata"
+    annex_example = [{"creationTime": "2019-11-10T07:00:00.000Z"}]  # Annex 1's own requestBody example
+    response = hub.client.patch(url, params=query, json=annex_example, headers=hub.admin)
+    assert response.status_code == 200, response.text
+    assert response.json()["update"]["modifiedCount"] == 1
+    later_wins = [{"site": "S1", "phase": "L1"}, {"site": "S2", "phase": None}, {"type": "image/x-png"}]
+    assert hub.client.patch(url, params=query, json=later_wins, headers=hub.admin).status_code == 200
+    info = hub.client.get(f"{RES}/{file_id}/info", params=query, headers=hub.admin).json()
+    assert info["metadata"] == {"type": "image/x-png", "creationTime": "2019-11-10T07:00:00.000Z", "site": "S2"}
+    not_objects = hub.client.patch(url, params=query, json=[{"site": "S3"}, 5], headers=hub.admin)
+    assert not_objects.status_code == 400 and not_objects.json()["status"] == "error"
+    after = hub.client.get(f"{RES}/{file_id}/info", params=query, headers=hub.admin).json()
+    assert after["metadata"]["site"] == "S2"  # a refused body changes nothing

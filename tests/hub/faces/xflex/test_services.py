@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gridhub.hub.faces.xflex.services import HubServices, ServiceError, metrics_get, parse_duration, resolve_collection
-from gridhub.hub.model import Layer
+from gridhub.hub.model import CollectionSpec, Layer
 from gridhub.hub.settings import HubSettings
 from gridhub.hub.store import Store, open_store
 
@@ -22,7 +22,7 @@ def power(minute: int, value: float, quality: int = 1) -> dict[str, object]:
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     opened = open_store(store_url)
-    opened.put_layer(Layer.from_document({"_id": "grid", "label": "Grid", "collections": [{"name": "generators"}]}))
+    opened.put_layer(Layer(id="grid", label="Grid", collections=(CollectionSpec("generators"),)))
     opened.insert_documents(
         "grid",
         "generators",

@@ -14,8 +14,9 @@ from gridhub.hub.deps import FaceContext
 from gridhub.hub.faces.xflex import collections, config, general, notify, resources
 from gridhub.hub.faces.xflex.errors import PREFIX, install_error_handlers
 from gridhub.hub.faces.xflex.gateway import build_gateway_router
+from gridhub.hub.faces.xflex.openapi import finish_openapi
 
-__all__ = ["PREFIX", "build_router", "install_error_handlers"]
+__all__ = ["PREFIX", "build_router", "finish_openapi", "install_error_handlers"]
 
 
 def build_router(ctx: FaceContext) -> APIRouter:

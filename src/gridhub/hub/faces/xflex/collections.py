@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from gridhub.hub.auth import Access, Principal
 from gridhub.hub.auth.policy import is_reserved_layer, require_access
@@ -41,7 +42,7 @@ from gridhub.hub.faces.xflex.schemas import (
     UpdateReport,
 )
 from gridhub.hub.model import Asset, Layer, ModelError, parse_time
-from gridhub.hub.store import SelectorError, StoreError
+from gridhub.hub.store import NotFoundError, SelectorError, StoreError
 
 __all__ = ["ROUTE_WORDS", "open_collection", "router", "selector_from_query"]
 
@@ -66,10 +67,26 @@ ROUTE_WORDS = frozenset(
 )
 """First path segments of fixed routes: no layer may be named so."""
 
+
+class LayerConvertor(StringConvertor):
+    """A /:layer path segment of the generic routes: anything but a fixed route's first segment.
+
+    So /notify/email, /gateway... never reach the collection routes, and a wrong method there is a
+    plain 405 naming the fixed route's methods (Allow), not a collection lookup.
+    """
+
+    regex = "(?!(?:" + "|".join(re.escape(word) for word in sorted(ROUTE_WORDS)) + ")(?:/|$))[^/]+"
+
+
+register_url_convertor("xflex_layer", LayerConvertor())
+
 RESERVED_PARAMS = frozenset({"appId", "keyId", "selector", "sort", "limit", "skip"})
 _OPERATOR_KEY = re.compile(r"^(?P<field>[^\[\]]+)\[(?P<op>\$[A-Za-z]+)\]$")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429)}
 
+_DOCUMENTS_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+}
 LayerPath = Annotated[str, Path(description="Layer ID")]
 CollectionPath = Annotated[str, Path(description="Collection ID")]
 IdPath = Annotated[str, Path(description="Document ID")]
@@ -85,12 +102,22 @@ SelectorQuery = Annotated[str | None, Query(description="A MongoDB-style selecto
 
 def open_collection(ctx: FaceContext, principal: Principal, layer: str, collection: str, access: Access) -> Layer:
     """Return the layer after checking the collection is listed in it and the caller may access it."""
-    if layer in ROUTE_WORDS:
-        raise XflexError(405, f"/{layer}/{collection}: this method is not allowed here")
-    if is_reserved_layer(layer):
+    if layer in ROUTE_WORDS or is_reserved_layer(layer):  # no layer may be named so (/range/config/x)
         raise XflexError(404, f"layer {layer!r} does not exist")
-    found = ctx.store.get_layer(layer)
-    if found.collection(collection) is None:
+    try:
+        found: Layer | None = ctx.store.get_layer(layer)
+    except NotFoundError:
+        found = None
+    if found is None or found.collection(collection) is None:
+        # PLF_008: a caller who could not use the collection were it there learns nothing of what exists
+        # (403 whether or not the layer or collection exists); only one who could is told it is missing.
+        try:
+            stand_in = found if found is not None else Layer(id=layer, label=layer)
+        except ModelError:  # not a valid layer name: no such layer can exist for anyone
+            raise XflexError(404, f"layer {layer!r} does not exist") from None
+        require_access(principal, stand_in, collection, access)
+        if found is None:
+            raise XflexError(404, f"layer {layer!r} does not exist")
         raise XflexError(404, f"collection {collection!r} is not listed in layer {layer!r}")
     require_access(principal, found, collection, access)
     return found
@@ -196,8 +223,31 @@ def _error(index: int, doc_id: str | None, message: str) -> DocumentError:
     return DocumentError.model_validate({"index": index, "_id": doc_id, "message": message})
 
 
-def _body_documents(body: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [body] if isinstance(body, dict) else list(body)
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _body_documents(body: Any) -> list[Any]:
+    """Return the documents of an object-or-array body; each item is judged by the caller (per document)."""
+    if isinstance(body, bytes | bytearray):  # FastAPI passes a body it did not read as JSON through as bytes
+        raise XflexError(400, "body: send Content-Type: application/json with a JSON object or an array of objects")
+    if isinstance(body, dict):
+        return [body]
+    if isinstance(body, list):
+        return body
+    raise XflexError(400, f"body: expected a JSON object or an array of objects, got {_json_kind(body)}")
+
+
+def _not_a_document(index: int, item: Any) -> DocumentError:
+    return _error(index, None, f"documents[{index}]: expected a JSON object, got {_json_kind(item)}")
 
 
 def _project(doc: dict[str, Any], field: str) -> dict[str, Any]:
@@ -276,7 +326,11 @@ def near_documents(
     limit: LimitQuery = None,
 ) -> DocumentsOut:
     """Return the documents whose geometry is within distance metres of (lat, lon), nearest first."""
-    open_collection(ctx, principal, layer, collection, Access.READ)
+    spec = open_collection(ctx, principal, layer, collection, Access.READ).collection(collection)
+    if spec is None or not spec.geo:
+        raise XflexError(
+            400, f"collection {collection} of layer {layer} is not geo (its _layers entry has no geo: true)"
+        )
     cap = ctx.settings.query_limit
     found = ctx.store.near_documents(layer, collection, lat, lon, distance, limit=min(limit or cap + 1, cap + 1))
     if len(found) > cap:
@@ -297,7 +351,13 @@ def bulk(
     """Insert the documents without an existing _id and merge the others; init empties the collection first."""
     open_collection(ctx, principal, layer, collection, Access.WRITE)
     if body.init:
+        before = (
+            [a.id for a in ctx.store.find_documents(layer, collection)]
+            if ctx.bus.wants_collection(layer, collection)
+            else []
+        )
         ctx.store.delete_documents(layer, collection, None)
+        ctx.bus.publish_removed(layer, collection, before)
     ids = [d["_id"] for d in body.data if isinstance(d.get("_id"), str)]
     existing = {a.id for a in ctx.store.find_documents(layer, collection, {"_id": {"$in": ids}})} if ids else set()
     errors: list[DocumentError] = []
@@ -307,13 +367,17 @@ def bulk(
         doc_id = doc.get("_id")
         if isinstance(doc_id, str) and doc_id in existing:
             try:
-                ctx.store.patch_document(layer, collection, doc_id, {k: v for k, v in doc.items() if k != "_id"})
+                changes = {k: v for k, v in doc.items() if k != "_id"}
+                ctx.bus.publish_patched(
+                    layer, collection, ctx.store.patch_document(layer, collection, doc_id, changes), changes
+                )
                 updated.append(doc_id)
             except (StoreError, ModelError) as exc:
                 errors.append(_error(i, doc_id, f"data[{i}]: {exc}"))
         else:
             to_insert.append((i, doc))
     report = ctx.store.insert_documents(layer, collection, [doc for _, doc in to_insert])
+    ctx.bus.publish_inserted(ctx.store, layer, collection, report.inserted_ids)
     for err in report.errors:
         errors.append(_error(to_insert[err.index][0], err.id, err.message))
     errors.sort(key=lambda e: e.index)
@@ -333,7 +397,7 @@ def bulk(
 
 
 @router.get(
-    "/{layer}/{collection}/field/{field}",
+    "/{layer:xflex_layer}/{collection}/field/{field}",
     response_model=DocumentsOut,
     responses=_ERRORS,
     operation_id="layer_col_field",
@@ -358,7 +422,7 @@ def get_field(
 
 
 @router.get(
-    "/{layer}/{collection}/{id}/field/{field}",
+    "/{layer:xflex_layer}/{collection}/{id}/field/{field}",
     response_model=DocumentOut,
     responses=_ERRORS,
     operation_id="layer_col_id_field",
@@ -381,7 +445,7 @@ def get_document_field(
 
 
 @router.get(
-    "/{layer}/{collection}/{id}",
+    "/{layer:xflex_layer}/{collection}/{id}",
     response_model=DocumentOut,
     responses=_ERRORS,
     operation_id="layer_col_id_get",
@@ -396,7 +460,7 @@ def get_document(
 
 
 @router.patch(
-    "/{layer}/{collection}/{id}",
+    "/{layer:xflex_layer}/{collection}/{id}",
     response_model=MessageOut,
     responses=_ERRORS,
     operation_id="layer_col_id_patch",
@@ -414,12 +478,13 @@ def patch_document(
     open_collection(ctx, principal, layer, collection, Access.WRITE)
     if "_id" in body and body["_id"] != id:
         raise XflexError(400, f"_id cannot be changed (document {id!r}, body _id {body['_id']!r})")
-    ctx.store.patch_document(layer, collection, id, {k: v for k, v in body.items() if k != "_id"})
+    changes = {k: v for k, v in body.items() if k != "_id"}
+    ctx.bus.publish_patched(layer, collection, ctx.store.patch_document(layer, collection, id, changes), changes)
     return MessageOut(message="Item updated")
 
 
 @router.delete(
-    "/{layer}/{collection}/{id}",
+    "/{layer:xflex_layer}/{collection}/{id}",
     response_model=MessageOut,
     responses=_ERRORS,
     operation_id="layer_col_id_delete",
@@ -432,6 +497,7 @@ def delete_document(
     open_collection(ctx, principal, layer, collection, Access.WRITE)
     if not ctx.store.delete_document(layer, collection, id):
         raise XflexError(404, f"document {id!r} does not exist in {layer}/{collection}")
+    ctx.bus.publish_removed(layer, collection, [id])
     return MessageOut(message="Item deleted")
 
 
@@ -439,7 +505,7 @@ def delete_document(
 
 
 @router.get(
-    "/{layer}/{collection}",
+    "/{layer:xflex_layer}/{collection}",
     response_model=DocumentsOut,
     responses=_ERRORS,
     operation_id="layer_col_get",
@@ -464,7 +530,7 @@ def find_documents(
 
 
 @router.post(
-    "/{layer}/{collection}",
+    "/{layer:xflex_layer}/{collection}",
     response_model=InsertOut,
     responses=_ERRORS,
     operation_id="layer_col_post",
@@ -473,14 +539,19 @@ def find_documents(
 def insert_documents(
     layer: LayerPath,
     collection: CollectionPath,
-    body: Annotated[dict[str, Any] | list[dict[str, Any]], Body(description="Document or array of documents")],
+    body: Annotated[Any, Body(description="Document or array of documents", json_schema_extra=_DOCUMENTS_SCHEMA)],
     ctx: Context,
     principal: CurrentPrincipal,
 ) -> InsertOut:
-    """Insert one or many documents; each is inserted or refused on its own."""
+    """Insert one or many documents; each is inserted or refused on its own (a non-object item too)."""
     open_collection(ctx, principal, layer, collection, Access.WRITE)
-    report = ctx.store.insert_documents(layer, collection, _body_documents(body))
-    errors = [_error(e.index, e.id, e.message) for e in report.errors]
+    items = _body_documents(body)
+    errors = [_not_a_document(i, item) for i, item in enumerate(items) if not isinstance(item, dict)]
+    positions = [i for i, item in enumerate(items) if isinstance(item, dict)]
+    report = ctx.store.insert_documents(layer, collection, [items[i] for i in positions])
+    ctx.bus.publish_inserted(ctx.store, layer, collection, report.inserted_ids)
+    errors += [_error(positions[e.index], e.id, e.message) for e in report.errors]
+    errors.sort(key=lambda e: e.index)
     data = InsertReport(
         ok=len(report.inserted_ids),
         insertedIds=report.inserted_ids,
@@ -493,7 +564,7 @@ def insert_documents(
 
 
 @router.patch(
-    "/{layer}/{collection}",
+    "/{layer:xflex_layer}/{collection}",
     response_model=UpdateOut,
     responses=_ERRORS,
     operation_id="layer_col_patch",
@@ -502,21 +573,27 @@ def insert_documents(
 def patch_documents(
     layer: LayerPath,
     collection: CollectionPath,
-    body: Annotated[dict[str, Any] | list[dict[str, Any]], Body(description="Document(s) with _id and the changes")],
+    body: Annotated[Any, Body(description="Document(s) with _id and the changes", json_schema_extra=_DOCUMENTS_SCHEMA)],
     ctx: Context,
     principal: CurrentPrincipal,
 ) -> UpdateOut:
-    """Merge each object's fields into the document its _id names."""
+    """Merge each object's fields into the document its _id names; each is updated or refused on its own."""
     open_collection(ctx, principal, layer, collection, Access.WRITE)
     updated: list[str] = []
     errors: list[DocumentError] = []
     for i, doc in enumerate(_body_documents(body)):
+        if not isinstance(doc, dict):
+            errors.append(_not_a_document(i, doc))
+            continue
         doc_id = doc.get("_id")
         if not isinstance(doc_id, str) or not doc_id:
             errors.append(_error(i, None, f"documents[{i}]._id: expected the id of the document to update"))
             continue
         try:
-            ctx.store.patch_document(layer, collection, doc_id, {k: v for k, v in doc.items() if k != "_id"})
+            changes = {k: v for k, v in doc.items() if k != "_id"}
+            ctx.bus.publish_patched(
+                layer, collection, ctx.store.patch_document(layer, collection, doc_id, changes), changes
+            )
             updated.append(doc_id)
         except (StoreError, ModelError) as exc:
             errors.append(_error(i, doc_id, f"documents[{i}]: {exc}"))
@@ -529,7 +606,7 @@ def patch_documents(
 
 
 @router.delete(
-    "/{layer}/{collection}",
+    "/{layer:xflex_layer}/{collection}",
     response_model=DeletedOut,
     responses=_ERRORS,
     operation_id="layer_col_delete",
@@ -554,6 +631,7 @@ def delete_documents(
     if deleted != len(ids):  # some vanished between the two steps: report what is gone now
         remaining = {a.id for a in ctx.store.find_documents(layer, collection, {"_id": {"$in": ids}})}
         ids = [i for i in ids if i not in remaining]
+    ctx.bus.publish_removed(layer, collection, ids)
     return DeletedOut(message="Item(s) deleted", data=DeleteReport(ok=len(ids), deletedIds=ids, err=0, errorIds=[]))
 
 

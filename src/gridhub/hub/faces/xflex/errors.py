@@ -11,6 +11,7 @@ hub-wide identity errors (401, 403, 429), which use the envelope everywhere.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.exception_handlers import http_exception_handler, request_validatio
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from gridhub.hub.auth import PolicyError
 from gridhub.hub.deps import RateLimited, Unauthenticated
@@ -59,16 +61,65 @@ def _ours(request: Request) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+_UNION_MEMBER = re.compile(r"^(dict|list)\[.*\]$")  # pydantic names each member of a union it tried
+
+
+def _json_content_type(request: Request) -> bool:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media == "" or media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_message(request: Request, exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    body_errors = [e for e in errors if e.get("loc", ("",))[0] == "body"]
+    if body_errors and not _json_content_type(request):
+        sent = request.headers.get("content-type", "")
+        return f"body: send Content-Type: application/json (got {sent!r})"
     parts = []
-    for error in exc.errors():
+    union_failed = False
+    for error in errors:
+        loc_parts = tuple(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
-            parts.append(f"body: not valid JSON ({reason} at character {error.get('loc', ('', '?'))[-1]})")
+            parts.append(f"body: not valid JSON ({reason} at character {loc_parts[-1] if loc_parts else '?'})")
             continue
-        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body" or len(error.get("loc", ())) == 1)
+        if loc_parts == ("body",) and error.get("type") == "missing":  # no body, or JSON null
+            parts.append("body: required; send a JSON document with Content-Type: application/json")
+            continue
+        if len(loc_parts) == 2 and loc_parts[0] == "body" and _UNION_MEMBER.match(str(loc_parts[1])):
+            if not union_failed:  # the body is neither an object nor an array: say so once
+                union_failed = True
+                parts.append("body: expected a JSON object or an array of objects")
+            continue
+        loc = ".".join(str(p) for p in loc_parts if p != "body" or len(loc_parts) == 1)
         parts.append(f"{loc or 'request'}: {error.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Return every method some route serves at the request's path (Starlette names only its first match's).
+
+    Each method is tried against the application's routes (``BaseRoute.matches``, on a fresh scope):
+    included routers are matched as FastAPI itself matches them.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe = {
+            "type": "http",
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "method": method,
+            "headers": [],
+            "query_string": b"",
+        }
+        for route in request.app.router.routes:
+            if isinstance(route, BaseRoute) and route.matches(probe)[0] == Match.FULL:
+                allowed.append(method)
+                break
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -109,10 +160,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+            allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "")
             message = f"method {request.method} is not allowed on {request.url.path}" + (
                 f" (allowed: {allowed})" if allowed else ""
             )
+            return envelope(405, message, headers={**(exc.headers or {}), "Allow": allowed})
         else:
             message = str(exc.detail)
         return envelope(exc.status_code, message, headers=exc.headers)
@@ -121,7 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         if not _ours(request):
             return await request_validation_exception_handler(request, exc)
-        return envelope(400, _validation_message(exc))
+        return envelope(400, _validation_message(request, exc))
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error in %s %s", request.method, request.url.path)

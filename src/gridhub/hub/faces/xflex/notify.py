@@ -8,6 +8,7 @@ hub's (``[smtp]`` settings); without one the route answers 503.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -35,38 +36,91 @@ TWITTER_RETIRED = (
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 403, 429, 502, 503)}
 
 
-def _addresses(value: str | list[str] | None) -> str | None:
+_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")  # RFC 5322 3.6.8 ftext: printable ASCII but ':'
+_OWNED_HEADERS = {
+    "from": "from",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "reply-to": "replyTo",
+    "subject": "subject",
+    "date": "the hub (sending time)",
+    "message-id": "the hub",
+    "mime-version": "text and html",
+}
+"""Headers the message's own options set (lower-case name: the option that owns it)."""
+
+
+def _addresses(value: str | list[str] | None, name: str) -> str | None:
     if value is None:
         return None
     items = [value] if isinstance(value, str) else value
+    for i, item in enumerate(items):
+        _single_line(item, name if isinstance(value, str) else f"{name}[{i}]")
     joined = ", ".join(item.strip() for item in items if item.strip())
     return joined or None
 
 
+def _single_line(value: str, name: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise XflexError(400, f"{name}: must not contain line breaks")
+
+
+def _check_header_name(name: str) -> None:
+    where = f"headers.{name}"
+    if not _HEADER_NAME.match(name):
+        raise XflexError(
+            400, f"{where}: not a header field name (1 to 76 printable ASCII characters, no spaces or ':')"
+        )
+    lower = name.lower()
+    owner = _OWNED_HEADERS.get(lower) or ("text and html" if lower.startswith("content-") else None)
+    if owner is not None:
+        raise XflexError(400, f"{where}: set by {owner}, not in headers")
+
+
+def _set(message: EmailMessage, header: str, value: str, field: str) -> None:
+    """Add a header; XflexError 400 naming the option when the email package refuses the value."""
+    try:
+        message[header] = value
+    except (ValueError, TypeError) as exc:
+        raise XflexError(400, f"{field}: {exc}") from None
+
+
 def build_message(body: EmailIn, settings: HubSettings) -> EmailMessage:
-    """Build the MIME message for Nodemailer-style options; XflexError 400 when something is missing."""
+    """Build the MIME message for Nodemailer-style options; XflexError 400 names the option that is wrong.
+
+    Custom ``headers`` must be RFC 5322 field names the other options do not own (From, To, Cc,
+    Bcc, Reply-To, Subject, Date, Message-ID, MIME-Version, Content-*); no value may hold a line
+    break (a header injection).
+    """
     sender = body.from_ or settings.smtp_sender
     if not sender:
         raise XflexError(400, "from: no sender given and the hub has no smtp.sender")
-    to, cc, bcc = _addresses(body.to), _addresses(body.cc), _addresses(body.bcc)
+    _single_line(sender, "from")
+    _single_line(body.subject, "subject")
+    to, cc, bcc = _addresses(body.to, "to"), _addresses(body.cc, "cc"), _addresses(body.bcc, "bcc")
+    reply_to = _addresses(body.replyTo, "replyTo")
     if not (to or cc or bcc):
         raise XflexError(400, "to: at least one recipient is needed (to, cc or bcc)")
     if body.text is None and body.html is None:
         raise XflexError(400, "text or html: the message has no content")
+    headers = body.headers or {}
+    for name, value in headers.items():
+        _check_header_name(name)
+        _single_line(value, f"headers.{name}")
     message = EmailMessage()
-    for name, value in (body.headers or {}).items():
-        message[name] = value
-    message["From"] = sender
-    if to:
-        message["To"] = to
-    if cc:
-        message["Cc"] = cc
-    if bcc:
-        message["Bcc"] = bcc
-    reply_to = _addresses(body.replyTo)
-    if reply_to:
-        message["Reply-To"] = reply_to
-    message["Subject"] = body.subject
+    for name, value in headers.items():
+        _set(message, name, value, f"headers.{name}")
+    _set(message, "From", sender, "from")
+    for header, addresses, field in (
+        ("To", to, "to"),
+        ("Cc", cc, "cc"),
+        ("Bcc", bcc, "bcc"),
+        ("Reply-To", reply_to, "replyTo"),
+    ):
+        if addresses:
+            _set(message, header, addresses, field)
+    _set(message, "Subject", body.subject, "subject")
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain="gridhub")
     if body.text is not None:

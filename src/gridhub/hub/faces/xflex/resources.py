@@ -237,11 +237,23 @@ def patch_metadata(
     id: str,
     fs: FsQuery,
     key: KeyQuery,
-    body: Annotated[dict[str, Any], Body(description="Metadata fields to be updated (null removes one)")],
+    body: Annotated[
+        dict[str, Any] | list[dict[str, Any]],
+        Body(
+            description="Metadata fields to be updated (null removes one); an array of such objects is merged in order",
+            examples=[[{"creationTime": "2019-11-10T07:00:00.000Z"}]],  # Annex 1's own example
+        ),
+    ],
     ctx: Context,
     principal: CurrentPrincipal,
 ) -> FileMetadataOut:
-    """Merge fields into a file's metadata; ``type`` changes its media type."""
+    """Merge fields into a file's metadata; ``type`` changes its media type.
+
+    Annex 1's own example body is an array (``[{...}]``): its objects are merged in order, a later
+    member replacing an earlier one.
+    """
+    if isinstance(body, list):
+        body = {name: value for update in body for name, value in update.items()}
     resource = _lookup(ctx, principal, fs, id, key)
     require_write_resource(principal, resource)
     hidden = sorted(k for k in body if k.startswith("_"))
