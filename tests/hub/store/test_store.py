@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -497,3 +498,85 @@ def test_resources_metadata(store: Store) -> None:
 def test_open_store_refuses_unknown_url() -> None:
     with pytest.raises(StoreError, match="expected sqlite:///PATH, a file path or postgresql://"):
         open_store("mysql://localhost/hub")
+
+
+# -- samples and a document patch in one transaction ---------------------------------------------
+
+
+class Killed(BaseException):
+    """What a hub killed inside a transaction looks like to the store: the transaction never ends well."""
+
+
+def counted(by: int) -> Any:
+    """Return a patch function adding by to the document's counter (as the upload face counts rows)."""
+
+    def patch(document: Any) -> dict[str, Any]:
+        return {"upload": {"stored": document.get("upload", {}).get("stored", 0) + by}}
+
+    return patch
+
+
+def test_samples_and_patch_are_written_together(grid: Store) -> None:
+    key = make_series(grid)
+    grid.insert_documents("grid", "substations", [{"_id": "s1", "name": "Bath"}])
+    patched = grid.write_samples_and_patch(minutes(key, 3), "grid", "substations", "s1", counted(3))
+    assert patched.attributes["upload"] == {"stored": 3} and patched.attributes["name"] == "Bath"
+    grid.write_samples_and_patch(minutes(key, 2, T0 + timedelta(hours=1)), "grid", "substations", "s1", counted(2))
+    grid.write_samples_and_patch([], "grid", "substations", "s1", {"note": "static patches work too"})
+    document = grid.get_document("grid", "substations", "s1")
+    assert document.attributes["upload"] == {"stored": 5} and document.attributes["note"] == "static patches work too"
+    assert grid.count_samples(key) == 5
+
+
+def test_a_failure_inside_the_transaction_commits_neither_samples_nor_patch(grid: Store) -> None:
+    key = make_series(grid)
+    grid.insert_documents("grid", "substations", [{"_id": "s1"}])
+    grid.write_samples_and_patch(minutes(key, 2), "grid", "substations", "s1", counted(2))
+
+    def killed_after_the_samples_were_written(document: Any) -> dict[str, Any]:
+        raise Killed  # the patch is computed after the samples are in the transaction
+
+    later = minutes(key, 3, T0 + timedelta(hours=1))
+    with pytest.raises(Killed):
+        grid.write_samples_and_patch(later, "grid", "substations", "s1", killed_after_the_samples_were_written)
+    assert grid.count_samples(key) == 2
+    assert grid.get_document("grid", "substations", "s1").attributes["upload"] == {"stored": 2}
+    with pytest.raises(SelectorError, match=r"must not contain '\.'"):  # a refused patch: nothing written either
+        grid.write_samples_and_patch(later, "grid", "substations", "s1", {"a.b": 1})
+    assert grid.count_samples(key) == 2
+    grid.write_samples_and_patch(later, "grid", "substations", "s1", counted(3))  # the retry
+    assert grid.count_samples(key) == 5
+    assert grid.get_document("grid", "substations", "s1").attributes["upload"] == {"stored": 5}
+
+
+def test_samples_and_patch_need_the_document_and_the_series(grid: Store) -> None:
+    key = make_series(grid)
+    grid.insert_documents("grid", "substations", [{"_id": "s1"}])
+    with pytest.raises(NotFoundError, match="document 'gone' does not exist in grid/substations"):
+        grid.write_samples_and_patch(minutes(key, 2), "grid", "substations", "gone", counted(2))
+    assert grid.count_samples(key) == 0
+    with pytest.raises(NotFoundError, match="series 'nope' does not exist"):
+        grid.write_samples_and_patch([Sample("nope", T0, 1.0)], "grid", "substations", "s1", counted(1))
+    assert "upload" not in grid.get_document("grid", "substations", "s1").attributes
+
+
+def test_counters_patched_by_concurrent_writers_add_up(grid: Store) -> None:
+    key = make_series(grid)
+    grid.insert_documents("grid", "substations", [{"_id": "s1"}])
+    other = open_store(grid.url)  # a second hub process on the same database
+    batches = 15
+
+    def writer(store: Store, offset: int) -> None:
+        for i in range(batches):
+            start = T0 + timedelta(hours=offset + i)
+            store.write_samples_and_patch(minutes(key, 2, start), "grid", "substations", "s1", counted(2))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(writer, grid, 0), pool.submit(writer, other, 100)]
+            for future in done:
+                future.result(timeout=300)
+    finally:
+        other.close()
+    assert grid.count_samples(key) == 2 * 2 * batches
+    assert grid.get_document("grid", "substations", "s1").attributes["upload"] == {"stored": 2 * 2 * batches}

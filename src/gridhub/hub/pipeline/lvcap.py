@@ -17,7 +17,9 @@ events of the site's substation asset (collection ``substations`` of the site's 
 - ``Valid=false`` -> the sample carries :attr:`Quality.INVALID`; it is kept, never dropped.
 - Error records (an ``Errno`` member) -> ``lvcap-error`` events; other non-standard payloads
   -> ``lvcap-message`` events; standard objects that fail validation -> the row is *rejected*
-  and stored as an ``lvcap-rejected`` event with the reason. Nothing is dropped.
+  and stored as an ``lvcap-rejected`` event with the reason. So is a row whose Data holds what
+  JSON or the store cannot hold (NaN, Infinity, -Infinity, a NUL character), its event payload
+  holding the text form (``"NaN"``) of the value. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "MappedBatch",
     "UploadRow",
     "checked_sample",
+    "json_safe",
     "map_rows",
     "phase_for",
     "series_key",
@@ -248,6 +251,66 @@ def _merge(old: Series, new: Series) -> Series:
     return replace(new, unit=old.unit, attributes=attributes)
 
 
+def _unstorable(value: object) -> tuple[str, object] | None:
+    """Return (path, value) of the first thing in a JSON value the hub cannot store, or None.
+
+    That is a number JSON has no spelling for (NaN, Infinity, -Infinity: Python's json writes
+    them) or text with a NUL character (PostgreSQL's text and jsonb refuse it). The path is in
+    the form ``.Value[1]`` (``""``: the value itself).
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    if isinstance(value, str):
+        return ("", value) if "\x00" in value else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                return (f".{key!r}", key)
+            found = _unstorable(item)
+            if found is not None:
+                return (f".{key}{found[0]}", found[1])
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _unstorable(item)
+            if found is not None:
+                return (f"[{i}]{found[0]}", found[1])
+    return None
+
+
+def _json_number(value: float) -> str:
+    """Return how Python's json spells a non-finite number: NaN, Infinity or -Infinity."""
+    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+
+
+def json_safe(value: Any) -> Any:
+    """Return value with what the hub cannot store (see :func:`_unstorable`) turned into text.
+
+    NaN, Infinity and -Infinity become the strings "NaN", "Infinity" and "-Infinity"; a NUL
+    character becomes the six characters ``\\u0000``. Anything else is returned as it is.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _json_number(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, Mapping):
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def _unstorable_problem(row: UploadRow) -> str | None:
+    """Return why a row's Data cannot be stored (naming the row ID and the field), or None."""
+    found = _unstorable(row.data)
+    if found is None:
+        return None
+    path, value = found
+    where = f"{row.table} row {row.id}: Data{path}"
+    if isinstance(value, float):
+        return f"{where}: expected a finite number (JSON has no NaN or Infinity), got {_json_number(value)}"
+    return f"{where}: text with a NUL character (U+0000) cannot be stored"
+
+
 def _event(
     site: str, layer: str, row: UploadRow, kind: str, code: str, severity: int, extra: Mapping[str, Any]
 ) -> Event:
@@ -266,6 +329,8 @@ def _event(
         **extra,
         "data": data,
     }
+    if _unstorable(payload) is not None:
+        payload = json_safe(payload)
     return Event(layer=layer, asset=site, time=when, type=kind, code=code, severity=severity, payload=payload)
 
 
@@ -317,6 +382,8 @@ def _plain_scalar(key: str, data: Mapping[str, Any], times: dict[int, datetime])
     if "ToStore" in data and type(data["ToStore"]) is not bool:
         return None
     if "Priority" in data and type(data["Priority"]) is not int:
+        return None
+    if "Signature" in data:  # carried untouched by the parser: the full path checks that it can be stored
         return None
     ts = times.get(stamp)
     if ts is None:
@@ -403,9 +470,20 @@ def map_rows(
             )
         return found
 
+    def refused(row: UploadRow) -> bool:
+        """Reject the row when its Data holds what the hub cannot store (NaN, Infinity, NUL); return True then."""
+        problem = _unstorable_problem(row)
+        if problem is None:
+            return False
+        out.rejected[(row.table, row.id)] = problem
+        out.events.append(_event(site, layer, row, EVENT_REJECTED, "invalid", 300, {"error": problem}))
+        return True
+
     metas: dict[tuple[str, str], MetadataObject] = {}
     for row in rows:
         if route(row)[1] and isinstance(row.data, Mapping):
+            if refused(row):
+                continue
             try:
                 metas[(row.table, _meta_target(row))] = MetadataObject.from_json(
                     row.data, where=f"{row.table} row {row.id}: Data"
@@ -434,11 +512,13 @@ def map_rows(
     for row in rows:
         topic, is_meta, key = route(row)
         if is_meta:
-            if not isinstance(row.data, Mapping):
+            if not isinstance(row.data, Mapping) and not refused(row):
                 out.events.append(_event(site, layer, row, EVENT_MESSAGE, "metadata", 0, {}))
             continue
         data = row.data
         if not (type(data) is dict or isinstance(data, Mapping)) or _STANDARD_KEYS.isdisjoint(data):
+            if refused(row):
+                continue
             if isinstance(data, Mapping) and "Errno" in data:
                 out.events.append(_error_event(site, layer, row))
             else:
@@ -449,6 +529,8 @@ def map_rows(
             samples.append(plain)
             kind = "scalar"
         else:
+            if refused(row):
+                continue
             where = f"{row.table} row {row.id}: Data"
             try:
                 more, kind = _samples(key, parse_standard_object(data, where=where), where)

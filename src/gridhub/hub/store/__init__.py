@@ -19,7 +19,7 @@ read as a SQLite file) or ``postgresql://user@host:5432/db``. Faces and services
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
@@ -300,6 +300,24 @@ class Store(abc.ABC):
         Samples repeating a (series, ts) within one call are allowed: the last of them is stored.
         Every series must exist (NotFoundError names the first unknown one; nothing is written).
         Returns the number of samples written.
+        """
+
+    @abc.abstractmethod
+    def write_samples_and_patch(
+        self,
+        samples: Iterable[Sample],
+        layer: str,
+        collection: str,
+        document_id: str,
+        changes: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Asset:
+        """Write samples and merge changes into one document in one transaction: both or neither.
+
+        Samples behave as in :meth:`write_samples`, changes as in :meth:`patch_document`. changes may
+        be a function of the stored document (as read inside the transaction, the document's row
+        locked where the backend can), returning the patch: counters kept in a document are then
+        exact with several writers. When the document (or a series) does not exist, NotFoundError is
+        raised and nothing is written; so is nothing when the patch is refused. Returns the document.
         """
 
     @abc.abstractmethod

@@ -9,6 +9,7 @@ new times are written (PostgreSQL creates the month partitions).
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import math
 import operator
@@ -554,10 +555,7 @@ class SqlStore(Store):
 
     def patch_document(self, layer: str, collection: str, document_id: str, changes: Mapping[str, Any]) -> Asset:
         """Merge changes into a document (RFC 7396: objects merge, null removes) and return it."""
-        patched = self._patch(layer, collection, {"_id": document_id}, changes)
-        if not patched:
-            raise NotFoundError(f"document {document_id!r} does not exist in {layer}/{collection}")
-        return patched[0]
+        return self._patch(layer, collection, {"_id": document_id}, changes, one=document_id)[0]
 
     def patch_documents(
         self, layer: str, collection: str, selector: Selector | None, changes: Mapping[str, Any]
@@ -565,21 +563,41 @@ class SqlStore(Store):
         """Merge changes into every matching document; return how many changed."""
         return len(self._patch(layer, collection, selector, changes))
 
-    def _patch(self, layer: str, collection: str, selector: Selector | None, changes: Mapping[str, Any]) -> list[Asset]:
+    @staticmethod
+    def _checked_changes(layer: str, collection: str, changes: object) -> dict[str, Any]:
+        """Return a patch without _updated (the store sets it); SelectorError when it is no JSON object of fields."""
         if not isinstance(changes, Mapping) or not all(isinstance(k, str) for k in changes):
             raise SelectorError(f"patch of {layer}/{collection}: expected a JSON object of changes, got {changes!r}")
-        changes = {k: v for k, v in changes.items() if k != "_updated"}  # the store sets _updated
+        checked = {k: v for k, v in changes.items() if k != "_updated"}
         try:
-            check_field_names(changes, f"patch of {layer}/{collection}")
+            check_field_names(checked, f"patch of {layer}/{collection}")
         except ModelError as exc:
             raise SelectorError(str(exc)) from None
+        return checked
+
+    def _patch(
+        self,
+        layer: str,
+        collection: str,
+        selector: Selector | None,
+        changes: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]],
+        samples: Sequence[Sample] = (),
+        *,
+        one: str | None = None,
+    ) -> list[Asset]:
+        """Patch the matching documents and write samples in one transaction.
+
+        changes is the patch, or a function of each stored document returning its patch (called
+        inside the transaction, after the rows are locked and the samples written). one: the
+        document id the selector names, which must exist (NotFoundError, nothing written).
+        """
+        static = None if callable(changes) else self._checked_changes(layer, collection, changes)
         condition = self._compile(selector)
         now = utc_now()
-        carried = isinstance(changes.get(MEASUREMENTS), Mapping)
-        rest = {k: v for k, v in changes.items() if k != MEASUREMENTS} if carried else changes
         with self.engine.connect() as conn:
             self._collection(conn, layer, collection)
-        self._prepare_times([now, *_patch_times(changes)])
+        ids = self._series_id_map({x.series for x in samples}) if samples else {}
+        self._prepare_times(itertools.chain([now], _patch_times(static or {}), (x.ts for x in samples)))
         out: list[Asset] = []
         with self._writer.begin() as conn:
             rows = conn.execute(
@@ -588,24 +606,35 @@ class SqlStore(Store):
                 .order_by(s.assets.c.id)
                 .with_for_update()
             ).all()
+            if one is not None and not rows:
+                raise NotFoundError(f"document {one!r} does not exist in {layer}/{collection}")
+            if samples:  # after the documents are locked: writers of the same document queue on its row
+                self._bulk_write(conn, samples, ids)
             history: tuple[list[Series], list[Sample]] = ([], [])
             for doc_id, doc in rows:
                 where = f"patch of {layer}/{collection}/{doc_id}"
-                if "_id" in changes and changes["_id"] != doc_id:
-                    raise SelectorError(f"{where}: _id cannot be changed (from {doc_id!r} to {changes['_id']!r})")
+                if static is not None:
+                    patch = static
+                else:
+                    assert callable(changes)
+                    patch = self._checked_changes(layer, collection, changes(doc))
+                if "_id" in patch and patch["_id"] != doc_id:
+                    raise SelectorError(f"{where}: _id cannot be changed (from {doc_id!r} to {patch['_id']!r})")
+                carried = isinstance(patch.get(MEASUREMENTS), Mapping)
+                rest = {k: v for k, v in patch.items() if k != MEASUREMENTS} if carried else patch
                 try:
                     merged = merge_patch(doc, rest)
                     _stamp_measurements(merged, _measurement_times(doc))
-                    history_items = _patch_measurements(doc, merged, changes, now, where) if carried else {}
+                    history_items = _patch_measurements(doc, merged, patch, now, where) if carried else {}
                     merged["_id"] = doc_id
                     merged.pop("_updated", None)
                     asset = replace(Asset.from_document(merged, where=where), updated=now)
                     appended = Asset(doc_id, {MEASUREMENTS: history_items}, updated=now)
-                    series, samples = self._measurement_samples(layer, collection, appended)
+                    series, more = self._measurement_samples(layer, collection, appended)
                 except ModelError as exc:
                     raise StoreError(str(exc)) from None
                 history[0].extend(series)
-                history[1].extend(samples)
+                history[1].extend(more)
                 row = self._asset_row(layer, collection, asset)
                 conn.execute(
                     sa.update(s.assets)
@@ -767,19 +796,36 @@ class SqlStore(Store):
 
     # -- samples --------------------------------------------------------------------------------
 
-    def write_samples(self, samples: Iterable[Sample]) -> int:
-        """Write samples in one transaction (bulk path); a sample whose (series, ts) exists replaces it."""
+    @staticmethod
+    def _checked_samples(samples: Iterable[Sample]) -> list[Sample]:
         batch = samples if isinstance(samples, list) else list(samples)
-        if not batch:
-            return 0
         for i, sample in enumerate(batch):
             if not isinstance(sample, Sample):
                 raise StoreError(f"samples[{i}]: expected a Sample, got {type(sample).__name__}")
+        return batch
+
+    def write_samples(self, samples: Iterable[Sample]) -> int:
+        """Write samples in one transaction (bulk path); a sample whose (series, ts) exists replaces it."""
+        batch = self._checked_samples(samples)
+        if not batch:
+            return 0
         ids = self._series_id_map({x.series for x in batch})
         self._prepare_times(x.ts for x in batch)
         with self._writer.begin() as conn:
             self._bulk_write(conn, batch, ids)
         return len(batch)
+
+    def write_samples_and_patch(
+        self,
+        samples: Iterable[Sample],
+        layer: str,
+        collection: str,
+        document_id: str,
+        changes: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Asset:
+        """Write samples and merge changes (or changes(stored document)) into one document in one transaction."""
+        batch = self._checked_samples(samples)
+        return self._patch(layer, collection, {"_id": document_id}, changes, batch, one=document_id)[0]
 
     @staticmethod
     def _check_range(start: datetime, end: datetime, where: str) -> None:

@@ -240,6 +240,37 @@ def test_rejected_rows_are_acknowledged_stored_as_events_and_counted(client: htt
     assert (stats["stored"], stats["rejected"], stats["duplicates"]) == (1, 1, 2)
 
 
+def test_a_row_whose_value_is_nan_is_rejected_and_does_not_wedge_the_site(client: httpx.Client, store: Store) -> None:
+    table_rows = rows(1, 4)
+    table_rows[1]["Data"]["Value"] = float("nan")  # what Python's json writes: NaN, Infinity, -Infinity
+    series = {"Timestamp": 1_700_000_000, "StartPoint": 1_700_000_000, "Interval": 60, "Value": [1.0, float("-inf")]}
+    table_rows[2]["Data"] = series
+    content = json.dumps(body(table_rows)).encode()
+    assert b"NaN" in content and b"-Infinity" in content
+    answer = client.post("/edge/v1/upload", content=content, headers=auth("site-a"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == {SIM: [1, 4]}
+    finite = "expected a finite number (JSON has no NaN or Infinity)"
+    assert answer.json()["rejected"] == {
+        SIM: [
+            {"ID": 2, "error": f"{SIM} row 2: Data.Value: {finite}, got NaN"},
+            {"ID": 3, "error": f"{SIM} row 3: Data.Value[1]: {finite}, got -Infinity"},
+        ]
+    }
+    assert store.count_samples(f"site-a/{SIM}{TOPIC}") == 2
+    events = store.query_events("edge", asset="site-a", type="lvcap-rejected")
+    assert sorted((e.payload["id"], e.payload["data"]["Value"]) for e in events) == [
+        (2, "NaN"),
+        (3, [1.0, "-Infinity"]),
+    ]
+    again = client.post("/edge/v1/upload", content=content, headers=auth("site-a"))  # a retry: acknowledged again
+    assert again.status_code == 200 and again.json()["accepted"] == {SIM: [1, 4]}
+    assert [r["ID"] for r in again.json()["rejected"][SIM]] == [2, 3]
+    assert len(store.query_events("edge", asset="site-a", type="lvcap-rejected")) == 2
+    stats = client.get("/edge/v1/sites/site-a/stats", headers=auth("site-a")).json()
+    assert (stats["stored"], stats["rejected"], stats["duplicates"]) == (2, 2, 4)
+
+
 def test_a_body_the_fast_parser_refuses_is_still_read_as_json_reads_it(client: httpx.Client, store: Store) -> None:
     utf16 = json.dumps(body(rows(1, 2))).encode("utf-16")  # JSON in UTF-16: orjson refuses it, json reads it
     answer = client.post("/edge/v1/upload", content=utf16, headers=auth("site-a")).json()

@@ -23,7 +23,9 @@ stored for the same rows (their payload names table, ID and row Timestamp) and s
 crash between the events and the samples commit does not duplicate them on the retry.
 
 Batches of one site are processed one at a time (a lock per site in this process); counters
-(received, stored, rejected, duplicates, last upload) live in the site's substation document.
+(received, stored, rejected, duplicates, last upload) live in the site's substation document and
+are written in the samples' transaction too (``Store.write_samples_and_patch``, the new counts
+computed from the document as read inside it), so they stay exact whenever the hub is killed.
 """
 
 from __future__ import annotations
@@ -433,14 +435,13 @@ class EdgeIngest:
                     result.accepted[table] = accepted
                 if rejected:
                     result.rejected[table] = rejected
-            # One transaction: the data samples and the ledger marks. Repeated (series, ts) keys are not
-            # merged here: write_samples stores the last of them, as a dict of the samples would keep.
-            self.store.write_samples(mapped.samples + marks)
-            if self.bus is not None:  # returns at once when nobody (no client, no replica) may want them
-                self.bus.publish_samples(mapped.samples, known)
             result.samples = len(mapped.samples)
             result.events = len(events)
-            self._count(site, layer, received=len(batch.rows), result=result)
+            # One transaction: the data samples, the ledger marks and the site's counters. Repeated
+            # (series, ts) keys are not merged here: the store keeps the last of them, as a dict would.
+            self._commit(site, layer, mapped.samples + marks, received=len(batch.rows), result=result)
+            if self.bus is not None:  # returns at once when nobody (no client, no replica) may want them
+                self.bus.publish_samples(mapped.samples, known)
         log.debug(
             "site %s batch %r: %s rows, %s stored, %s duplicates, %s samples, %s events",
             site,
@@ -455,21 +456,30 @@ class EdgeIngest:
 
     # -- counters --------------------------------------------------------------------------
 
-    def _count(self, site: str, layer: str, *, received: int, result: UploadResult) -> None:
-        current = self.counters(site, layer)
-        upload = {
-            "received": current.received + received,
-            "stored": current.stored + result.stored,
-            "rejected": current.rejected + result.rejected_new,
-            "duplicates": current.duplicates + result.duplicates,
-            "last_upload": format_time(utc_now()),
-        }
+    def _commit(self, site: str, layer: str, samples: list[Sample], *, received: int, result: UploadResult) -> None:
+        """Write a batch's samples and marks and add its counts to the site's counters, in one transaction.
+
+        The counters are computed from the substation document as read inside that transaction, so
+        a hub killed at any point leaves them exactly in step with the rows stored.
+        """
+
+        def counted(document: Mapping[str, Any]) -> dict[str, Any]:
+            current = _site_counters(site, document)
+            upload = {
+                "received": current.received + received,
+                "stored": current.stored + result.stored,
+                "rejected": current.rejected + result.rejected_new,
+                "duplicates": current.duplicates + result.duplicates,
+                "last_upload": format_time(utc_now()),
+            }
+            return {"upload": upload}
+
         try:
-            self.store.patch_document(layer, SUBSTATIONS, site, {"upload": upload})
-        except NotFoundError:  # the substation (or its layer) was deleted while this process ran
+            self.store.write_samples_and_patch(samples, layer, SUBSTATIONS, site, counted)
+        except NotFoundError:  # the substation (or its layer) was deleted while this process ran: nothing written
             self._ready.discard((site, layer))
             self._ensure_site(site, layer)
-            self.store.patch_document(layer, SUBSTATIONS, site, {"upload": upload})
+            self.store.write_samples_and_patch(samples, layer, SUBSTATIONS, site, counted)
 
     def counters(self, site: str, layer: str) -> SiteCounters:
         """Return a site's upload counters (zeros before its first upload)."""
@@ -477,20 +487,25 @@ class EdgeIngest:
             doc = self.store.get_document(layer, SUBSTATIONS, site)
         except NotFoundError:
             return SiteCounters(site)
-        upload = doc.attributes.get("upload")
-        if not isinstance(upload, Mapping):
-            return SiteCounters(site)
+        return _site_counters(site, doc.attributes)
 
-        def number(name: str) -> int:
-            value = upload.get(name, 0)
-            return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
-        last = upload.get("last_upload")
-        return SiteCounters(
-            site,
-            number("received"),
-            number("stored"),
-            number("rejected"),
-            number("duplicates"),
-            last if isinstance(last, str) else None,
-        )
+def _site_counters(site: str, document: Mapping[str, Any]) -> SiteCounters:
+    """Return the upload counters a substation document holds (zeros where it holds none)."""
+    upload = document.get("upload")
+    if not isinstance(upload, Mapping):
+        return SiteCounters(site)
+
+    def number(name: str) -> int:
+        value = upload.get(name, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    last = upload.get("last_upload")
+    return SiteCounters(
+        site,
+        number("received"),
+        number("stored"),
+        number("rejected"),
+        number("duplicates"),
+        last if isinstance(last, str) else None,
+    )
