@@ -59,7 +59,7 @@ DEFAULT_QUEUE_SIZE = 1000
 
 _NATS_OUTBOX = 10_000
 MEASUREMENTS_TIME = "measurementsTimestamp"  # X-FLEX 3.1.2.2: the default time of the measurements
-_REREAD_CHUNK = 500  # ids per $in query (SQLite refuses OR chains beyond 1,000 terms)
+_REREAD_CHUNK = 500  # ids per $in query when reading inserted documents back (bounds one query's size)
 
 Op = Literal["added", "changed", "removed"]
 

@@ -1,4 +1,5 @@
-"""Document rules both backends share: one sort order across JSON types, refused field names, measurements."""
+"""Document rules both backends share: one sort order across JSON types, refused field names, measurements,
+$in/$nin of any length."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gridhub.hub.faces.live.selector import matches
 from gridhub.hub.model import Layer
 from gridhub.hub.store import SelectorError, Store, StoreError
 
@@ -119,3 +121,73 @@ def test_measurement_patch_replaces_the_item_and_keeps_history(store: Store) -> 
     with pytest.raises(StoreError, match=r"measurements\.p\.timestamp: expected a timestamp"):
         store.patch_document("grid", "generators", "TSO", {"measurements": {"p": {"value": 1, "timestamp": "soon"}}})
     assert store.count_samples(key) == 3
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ({"n": {"$in": [1, "a", True, None]}}, ["m", "n1", "sa", "t", "z"]),  # null matches missing too
+        ({"n": {"$in": [1.0, "1"]}}, ["n1", "s1"]),  # 1.0 is the number 1; "1" only the string
+        ({"n": {"$in": [0, 1]}}, ["n1"]),  # booleans are not numbers
+        ({"n": {"$in": [False, -3, "\u00e9"]}}, ["f", "nneg", "se"]),
+        ({"n": {"$in": []}}, []),
+        ({"n": {"$nin": [1, "a", None]}}, ["a", "f", "n25", "nneg", "o", "s1", "sB", "se", "t"]),
+        ({"n": {"$nin": ["B", 2.5]}}, ["a", "f", "m", "n1", "nneg", "o", "s1", "sa", "se", "t", "z"]),
+        ({"n": {"$nin": []}}, sorted([*VALUES, "m"])),
+        ({"_id": {"$in": ["n1", 1, None, "zz", "n1"]}}, ["n1"]),  # an _id is a string: other types never match
+        ({"_id": {"$nin": ["n1", "sa", 5]}}, sorted(set(VALUES) - {"n1", "sa"} | {"m"})),
+    ],
+)
+def test_in_and_nin_keep_json_types_and_agree_with_live_matching(
+    things: Store, selector: dict[str, Any], expected: list[str]
+) -> None:
+    docs = [{"_id": key, "n": value} for key, value in VALUES.items()] + [{"_id": "m"}]
+    assert [a.id for a in things.find_documents("grid", "things", selector)] == expected
+    assert things.count_documents("grid", "things", selector) == len(expected)
+    assert sorted(d["_id"] for d in docs if matches(selector, d)) == expected  # live subscriptions agree
+
+
+def test_in_and_nin_take_lists_of_any_length(store: Store) -> None:
+    # One OR term per value nested SQLite's expression tree past its depth limit of 1000 (the hub
+    # answered 503) and one parameter per value would stop at SQLite's 32,766: 40,000 values here.
+    store.put_layer(Layer.from_document(LAYER))
+    docs = [{"_id": f"d{i:05d}", "n": i if i % 2 == 0 else str(i)} for i in range(2500)]
+    assert len(store.insert_documents("grid", "things", docs).inserted_ids) == 2500
+    every_id = [f"d{i:05d}" for i in range(40_000)]
+
+    def found(selector: dict[str, Any]) -> list[str]:
+        return [a.id for a in store.find_documents("grid", "things", selector)]
+
+    assert found({"_id": {"$in": every_id}}) == [d["_id"] for d in docs]
+    assert store.count_documents("grid", "things", {"_id": {"$in": every_id[1::2]}}) == 1250
+    assert found({"n": {"$in": list(range(0, 40_000, 4))}}) == [f"d{i:05d}" for i in range(0, 2500, 4)]
+    assert found({"n": {"$in": [str(i) for i in range(40_000)]}}) == [f"d{i:05d}" for i in range(1, 2500, 2)]
+    assert found({"n": {"$nin": list(range(40_000))}}) == [f"d{i:05d}" for i in range(1, 2500, 2)]
+    assert found({"$or": [{"n": {"$in": [0, 1, 2]}}, {"_id": {"$nin": every_id[3:]}}]}) == [
+        "d00000",
+        "d00001",
+        "d00002",
+    ]
+    patched = store.patch_documents("grid", "things", {"_id": {"$in": every_id[:1200]}}, {"seen": True})
+    assert patched == 1200 and store.count_documents("grid", "things", {"seen": True}) == 1200
+    assert store.delete_documents("grid", "things", {"_id": {"$in": [*every_id[:1500], "x", "y"]}}) == 1500
+    assert found({}) == [f"d{i:05d}" for i in range(1500, 2500)]
+
+
+def test_long_and_or_lists_many_fields_and_deep_nesting(store: Store) -> None:
+    # A flat chain of n terms is n levels deep for SQLite, which refuses more than 1000 (a 503 for ever).
+    store.put_layer(Layer.from_document(LAYER))
+    store.insert_documents("grid", "things", [{"_id": f"d{i:04d}", "n": i} for i in range(50)])
+
+    def found(selector: dict[str, Any]) -> list[str]:
+        return [a.id for a in store.find_documents("grid", "things", selector)]
+
+    assert found({"$or": [{"_id": f"d{i:04d}"} for i in range(0, 3000, 3)]}) == [f"d{i:04d}" for i in range(0, 50, 3)]
+    assert found({"$and": [{"n": {"$ne": i}} for i in range(1, 1100)]}) == ["d0000"]
+    assert len(found({f"f{i}": None for i in range(1100)})) == 50  # null matches a missing field
+    selector: dict[str, Any] = {"n": {"$in": [7, 8]}}
+    for level in range(32):
+        selector = {"$or": [selector, {"n": -level}]} if level % 2 else {"$and": [selector, {"z": {"$ne": level}}]}
+    assert found(selector) == ["d0007", "d0008"]
+    with pytest.raises(SelectorError, match=r"^selector: \$and/\$or nested more than 32 deep$"):
+        store.count_documents("grid", "things", {"$and": [selector]})

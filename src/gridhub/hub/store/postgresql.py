@@ -15,6 +15,7 @@ a re-sent sample replaces the stored one. New data, the common case, pays for on
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -215,8 +216,6 @@ class PostgresStore(SqlStore):
 
     @staticmethod
     def _literal(value: Scalar) -> sa.ColumnElement[Any]:
-        import json
-
         return sa.cast(sa.literal(json.dumps(value), sa.Text), JSONB)
 
     def _json_eq(self, keys: list[str], value: Scalar) -> sa.ColumnElement[bool]:
@@ -224,6 +223,16 @@ class PostgresStore(SqlStore):
         if value is None:
             return sa.or_(found.is_(None), sa.func.jsonb_typeof(found) == "null")
         return found.op("=")(self._literal(value))
+
+    def _json_in(self, keys: list[str], values: Sequence[str | int | float | bool]) -> sa.ColumnElement[bool]:
+        # jsonb = as in _json_eq (same type, numbers by value: 1 = 1.0); = ANY of one array parameter, which
+        # PostgreSQL (14+) matches through a hash table: a join against a set-returning function could be
+        # planned as a nested loop (one pass over the list per document) while the table has no statistics.
+        items = sa.cast(sa.literal([json.dumps(v) for v in values], ARRAY(sa.Text)), ARRAY(JSONB))
+        return self._extract(keys).op("=")(sa.any_(items))
+
+    def _id_in(self, ids: Sequence[str]) -> sa.ColumnElement[bool]:
+        return s.assets.c.id == sa.any_(sa.literal(list(ids), ARRAY(sa.Text)))
 
     def _json_cmp(self, keys: list[str], op: str, value: str | float) -> sa.ColumnElement[bool]:
         found = self._extract(keys)

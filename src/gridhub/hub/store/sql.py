@@ -67,6 +67,8 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 }
 _SQL_OPS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _SUPPORTED = "$eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $exists, $and, $or"
+_FLAT_TERMS = 16  # terms an AND/OR joins flat; longer lists are joined as a balanced tree (see _joined)
+_MAX_NESTING = 32  # $and/$or inside each other, at most (deeper: SelectorError, not a database error)
 _INSERT_CHUNK = 500  # documents per INSERT statement (SQLite allows 32,766 bound parameters)
 Scalar = str | int | float | bool | None
 
@@ -183,6 +185,23 @@ def _patch_measurements(
     return history
 
 
+def _joined(
+    combine: Callable[..., sa.ColumnElement[bool]], parts: Sequence[sa.ColumnElement[bool]]
+) -> sa.ColumnElement[bool]:
+    """Join parts with combine (sa.and_ or sa.or_) as a balanced tree of parenthesised halves.
+
+    SQLite parses a flat chain of n terms n levels deep and refuses an expression deeper than 1000
+    (an $or of 1000 selectors would answer 503 for ever); halves nest about log2(n) levels deep.
+    """
+    if len(parts) <= _FLAT_TERMS:
+        return combine(*parts)
+    half = len(parts) // 2
+    # type_coerce(...).self_group() keeps the parentheses: SQLAlchemy flattens a bare same-operator group
+    return combine(
+        *(sa.type_coerce(_joined(combine, p), sa.Boolean).self_group() for p in (parts[:half], parts[half:]))
+    )
+
+
 class SqlStore(Store):
     """A :class:`Store` over a SQLAlchemy engine; subclasses fill in the dialect hooks."""
 
@@ -221,6 +240,18 @@ class SqlStore(Store):
     @abc.abstractmethod
     def _json_eq(self, keys: list[str], value: Scalar) -> sa.ColumnElement[bool]:
         """Return: the document's value at keys equals value (same JSON type); null matches missing."""
+
+    @abc.abstractmethod
+    def _json_in(self, keys: list[str], values: Sequence[str | int | float | bool]) -> sa.ColumnElement[bool]:
+        """Return: the value at keys equals one of values (same JSON type), the list bound as one parameter.
+
+        One parameter whatever the list's length: one OR term per value would nest one level deeper
+        per value (SQLite refuses a depth over 1000) and bound parameters per value are capped too.
+        """
+
+    @abc.abstractmethod
+    def _id_in(self, ids: Sequence[str]) -> sa.ColumnElement[bool]:
+        """Return: the document's _id is one of ids, the list bound as one parameter."""
 
     @abc.abstractmethod
     def _json_cmp(self, keys: list[str], op: str, value: str | float) -> sa.ColumnElement[bool]:
@@ -322,7 +353,7 @@ class SqlStore(Store):
             raise SelectorError(f"{where}: comparing with an object or array is not supported, got {value!r}")
         return value
 
-    def _compile(self, selector: Selector | None, where: str = "selector") -> sa.ColumnElement[bool]:
+    def _compile(self, selector: Selector | None, where: str = "selector", depth: int = 0) -> sa.ColumnElement[bool]:
         if selector is None:
             return sa.true()
         if not isinstance(selector, Mapping):
@@ -333,13 +364,15 @@ class SqlStore(Store):
             if key in ("$and", "$or"):
                 if not isinstance(cond, list) or not cond:
                     raise SelectorError(f"{here}: expected a non-empty list of selectors, got {cond!r}")
-                parts = [self._compile(c, f"{here}[{i}]") for i, c in enumerate(cond)]
-                clauses.append(sa.and_(*parts) if key == "$and" else sa.or_(*parts))
+                if depth >= _MAX_NESTING:
+                    raise SelectorError(f"{where.split('.')[0]}: $and/$or nested more than {_MAX_NESTING} deep")
+                parts = [self._compile(c, f"{here}[{i}]", depth + 1) for i, c in enumerate(cond)]
+                clauses.append(_joined(sa.and_ if key == "$and" else sa.or_, parts))
             elif key.startswith("$"):
                 raise SelectorError(f"{here}: operator {key} is not supported (supported: {_SUPPORTED})")
             else:
                 clauses.append(self._field(key, cond, here))
-        return sa.and_(sa.true(), *clauses)
+        return _joined(sa.and_, [sa.true(), *clauses])
 
     def _field(self, field: str, cond: Any, where: str) -> sa.ColumnElement[bool]:
         keys = self._path(field, where)
@@ -354,8 +387,7 @@ class SqlStore(Store):
                 elif op in ("$in", "$nin"):
                     if not isinstance(operand, list):
                         raise SelectorError(f"{here}: expected a list, got {operand!r}")
-                    alternatives = [self._eq(keys, self._value(v, f"{here}[{i}]")) for i, v in enumerate(operand)]
-                    any_of = sa.or_(sa.false(), *alternatives)
+                    any_of = self._in(keys, [self._value(v, f"{here}[{i}]") for i, v in enumerate(operand)])
                     parts.append(any_of if op == "$in" else sa.not_(any_of))
                 elif op in _COMPARISONS:
                     value = self._value(operand, here)
@@ -376,6 +408,20 @@ class SqlStore(Store):
         if keys == ["_id"]:
             return s.assets.c.id == value if isinstance(value, str) else sa.false()
         return sa.func.coalesce(self._json_eq(keys, value), sa.false(), type_=sa.Boolean)
+
+    def _in(self, keys: list[str], values: list[Scalar]) -> sa.ColumnElement[bool]:
+        """Return: the value at keys equals one of values (what an OR of _eq would say, without the nesting)."""
+        if keys == ["_id"]:
+            ids = list(dict.fromkeys(v for v in values if isinstance(v, str)))
+            return self._id_in(ids) if ids else sa.false()
+        parts: list[sa.ColumnElement[bool]] = []
+        if any(v is None for v in values):
+            parts.append(self._eq(keys, None))
+        present = list(dict.fromkeys((type(v), v) for v in values if v is not None))  # 1 and True stay apart
+        if present:
+            found = self._json_in(keys, [v for _, v in present])
+            parts.append(sa.func.coalesce(found, sa.false(), type_=sa.Boolean))
+        return sa.or_(sa.false(), *parts)
 
     def _cmp(self, keys: list[str], op: str, value: str | float) -> sa.ColumnElement[bool]:
         if keys == ["_id"]:

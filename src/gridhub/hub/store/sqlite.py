@@ -138,6 +138,29 @@ class SqliteStore(SqlStore):
             return sa.and_(kind.in_(_NUMBER), self._extract(keys) == value)
         return sa.and_(kind == "text", self._extract(keys) == value)
 
+    @staticmethod
+    def _each(values: Sequence[Any]) -> sa.Select[Any]:
+        """Return ``SELECT value FROM json_each(?)``: the values of a list bound as one JSON parameter."""
+        each = sa.func.json_each(sa.literal(_dumps(list(values)), sa.Text)).table_valued("value")
+        return sa.select(each.c.value)
+
+    def _json_in(self, keys: list[str], values: Sequence[str | int | float | bool]) -> sa.ColumnElement[bool]:
+        kind = self._type(keys)
+        strings = [v for v in values if isinstance(v, str)]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        booleans = sorted({"true" if v else "false" for v in values if isinstance(v, bool)})
+        parts: list[sa.ColumnElement[bool]] = []
+        if strings:  # json_each yields a JSON string as SQL text, a number as integer or real, as json_extract does
+            parts.append(sa.and_(kind == "text", self._extract(keys).in_(self._each(strings))))
+        if numbers:
+            parts.append(sa.and_(kind.in_(_NUMBER), self._extract(keys).in_(self._each(numbers))))
+        if booleans:
+            parts.append(kind.in_(booleans))
+        return sa.or_(sa.false(), *parts)
+
+    def _id_in(self, ids: Sequence[str]) -> sa.ColumnElement[bool]:
+        return s.assets.c.id.in_(self._each(ids))
+
     def _json_cmp(self, keys: list[str], op: str, value: str | float) -> sa.ColumnElement[bool]:
         kind = self._type(keys)
         same_type = kind == "text" if isinstance(value, str) else kind.in_(_NUMBER)

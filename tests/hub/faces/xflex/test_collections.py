@@ -402,3 +402,32 @@ def test_field_names_with_dots_or_dollars_are_refused_naming_the_path(hub: Hub) 
     doc = hub.client.get(f"{url}/R1", headers=hub.admin).json()["data"]
     assert doc["site"] == {"zone": "north"} and doc["ok"] == 1 and "rows" not in doc and "x" not in doc
     assert ids(hub.client.get(url, headers=hub.admin)) == ["R1"]
+
+
+def test_bulk_in_query_and_delete_handle_thousands_of_documents(hub: Hub) -> None:
+    # An $in of 998 or more values, which bulk and delete build from the ids they touch, used to nest
+    # SQLite's expression tree too deep: 503 "store unavailable" and nothing written.
+    url = f"{API}/grid/generators"
+    bulk = f"{API}/bulk/grid/generators"
+    first = hub.client.post(
+        bulk, json={"data": [{"_id": f"G{i:04d}", "capacity": i} for i in range(2500)]}, headers=hub.admin
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["data"]["ok"] == 2500 and first.json()["data"]["err"] == 0
+    again = [{"_id": f"G{i:04d}", "capacity": -i} for i in range(2400, 4900)]  # 100 stored, 2,400 new
+    second = hub.client.post(bulk, json={"data": again}, headers=hub.admin).json()["data"]
+    assert second["updatedIds"] == [f"G{i:04d}" for i in range(2400, 2500)]
+    assert second["insertedIds"] == [f"G{i:04d}" for i in range(2500, 4900)]
+    wanted = [f"G{i:04d}" for i in range(0, 5000, 2)]  # 2,450 stored and 50 never written
+    selector = json.dumps({"_id": {"$in": wanted}})
+    found = hub.client.get(url, params={"selector": selector}, headers=hub.admin)
+    assert found.status_code == 200, found.text
+    assert ids(found) == wanted[:2450]
+    by_query_string = hub.client.get(url, params=[("_id[$in]", i) for i in wanted[:1200]], headers=hub.admin)
+    assert ids(by_query_string) == wanted[:1200]
+    negative = hub.client.delete(url, params={"capacity[$lt]": "0"}, headers=hub.admin)
+    assert negative.status_code == 200, negative.text
+    assert negative.json()["data"]["deletedIds"] == [f"G{i:04d}" for i in range(2400, 4900)]
+    rest = hub.client.delete(url, headers=hub.admin).json()["data"]
+    assert rest["ok"] == 2400 and rest["deletedIds"] == [f"G{i:04d}" for i in range(2400)]
+    assert hub.client.get(url, headers=hub.admin).json()["data"] == []

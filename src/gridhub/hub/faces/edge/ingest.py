@@ -12,8 +12,7 @@ edge after its database was reset has another Timestamp and is a new row. The ma
 row's own time, so it ages out with the layer's retention like the data it stands for.
 
 Why not one document per row (``_system/upload_rows``): the document path inserts about 4,000
-documents per second on SQLite here, a quarter of what a one-million-row backlog drain needs,
-and ``$in`` on ``_id`` is compiled to an OR chain that SQLite refuses beyond 1,000 terms. Why
+documents per second on SQLite here, a quarter of what a one-million-row backlog drain needs. Why
 not a high-water mark per table: the priority-first drain sends IDs out of order, and IDs are
 re-used after an edge database reset (Table 3 allows it).
 

@@ -82,6 +82,7 @@ register_url_convertor("xflex_layer", LayerConvertor())
 
 RESERVED_PARAMS = frozenset({"appId", "keyId", "selector", "sort", "limit", "skip"})
 _OPERATOR_KEY = re.compile(r"^(?P<field>[^\[\]]+)\[(?P<op>\$[A-Za-z]+)\]$")
+_LOOKUP_CHUNK = 1000  # ids per $in look-up: each query (and its answer) stays bounded, however many ids a write names
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 429)}
 
 _DOCUMENTS_SCHEMA: dict[str, Any] = {
@@ -212,6 +213,15 @@ def _find(
     found = ctx.store.find_documents(layer, collection, selector, sort=sort, limit=limit or cap + 1, skip=skip)
     if limit is None and len(found) > cap:
         raise XflexError(400, f"more than {cap} documents match; page through them with limit and skip")
+    return found
+
+
+def _stored_ids(ctx: FaceContext, layer: str, collection: str, ids: list[str]) -> set[str]:
+    """Return which of ids are stored, asking in chunks of _LOOKUP_CHUNK."""
+    found: set[str] = set()
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        found.update(a.id for a in ctx.store.find_documents(layer, collection, {"_id": {"$in": chunk}}))
     return found
 
 
@@ -359,7 +369,7 @@ def bulk(
         ctx.store.delete_documents(layer, collection, None)
         ctx.bus.publish_removed(layer, collection, before)
     ids = [d["_id"] for d in body.data if isinstance(d.get("_id"), str)]
-    existing = {a.id for a in ctx.store.find_documents(layer, collection, {"_id": {"$in": ids}})} if ids else set()
+    existing = _stored_ids(ctx, layer, collection, ids)
     errors: list[DocumentError] = []
     updated: list[str] = []
     to_insert: list[tuple[int, dict[str, Any]]] = []
@@ -627,9 +637,10 @@ def delete_documents(
         ids = [a.id for a in ctx.store.find_documents(layer, collection, chosen)]
     except SelectorError as exc:
         raise XflexError(400, str(exc)) from None
+    # One statement (the store binds the list as one parameter), so the delete stays all or nothing.
     deleted = ctx.store.delete_documents(layer, collection, {"_id": {"$in": ids}}) if ids else 0
     if deleted != len(ids):  # some vanished between the two steps: report what is gone now
-        remaining = {a.id for a in ctx.store.find_documents(layer, collection, {"_id": {"$in": ids}})}
+        remaining = _stored_ids(ctx, layer, collection, ids)
         ids = [i for i in ids if i not in remaining]
     ctx.bus.publish_removed(layer, collection, ids)
     return DeletedOut(message="Item(s) deleted", data=DeleteReport(ok=len(ids), deletedIds=ids, err=0, errorIds=[]))
