@@ -101,6 +101,7 @@ def run(
 
     from gridhub.hub import redact
     from gridhub.hub.app import create_app
+    from gridhub.hub.faces.live.protocol import MAX_FRAME_BYTES
 
     settings = _settings(config, data_dir, host=host, port=port)
     if log_level.lower() not in LOG_LEVELS:
@@ -137,6 +138,7 @@ def run(
         port=settings.port,
         log_level=log_level.lower(),
         log_config=redact.uvicorn_log_config(),  # the access log records query strings
+        ws_max_size=MAX_FRAME_BYTES,  # not uvicorn's 16 MiB: a live message's limit, read before any auth
         **options,
     )
 

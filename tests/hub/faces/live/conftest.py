@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from gridhub.hub.app import create_app
 from gridhub.hub.auth import AuthService, Role
 from gridhub.hub.bus import LiveBus
+from gridhub.hub.faces.live.protocol import MAX_FRAME_BYTES
 from gridhub.hub.settings import HubSettings
 from tests.conftest import free_port, wait_for
 
@@ -109,7 +110,10 @@ def run_hub(settings: HubSettings) -> Iterator[LiveHub]:
     """Serve create_app(settings) with uvicorn on a free port, with an admin and the 'grid' layer."""
     app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_max_size=MAX_FRAME_BYTES
+    )  # as `gridhub hub run` serves it
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"live-hub-{port}", daemon=True)
     thread.start()
     try:

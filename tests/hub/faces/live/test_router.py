@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import signal
 import socket
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,9 @@ from websockets.exceptions import ConnectionClosed
 from gridhub.edge.apps.upload_transport import upload_body
 from gridhub.formats.lvcap import TableResult, TableRow
 from gridhub.hub.auth import SYSTEM_LAYER, Role
-from gridhub.hub.faces.live.router import CLOSE_POLICY, CLOSE_TRY_AGAIN, PROTOCOL
-from tests.conftest import port_open, service_absent, wait_for
+from gridhub.hub.faces.live.protocol import MAX_FRAME_BYTES, MAX_MESSAGE_CHARS
+from gridhub.hub.faces.live.router import CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN, PROTOCOL
+from tests.conftest import free_port, port_open, service_absent, wait_for
 from tests.hub.faces.live.conftest import (
     RECV_TIMEOUT,
     LiveClient,
@@ -224,9 +231,9 @@ def test_without_read_access_subscribe_is_refused_403_and_no_event_arrives(live_
         assert refused["type"] == "error" and refused["code"] == 403 and refused["id"] == "s", refused
         assert "may not read grid/substations" in refused["message"]
         missing = await client.request({"action": "subscribe", "id": "m", "layer": "grid", "collection": "nothing"})
-        assert missing["type"] == "error" and missing["code"] == 404, missing
+        assert missing["type"] == "error" and missing["code"] == 403, missing  # what it may not read: 403 (PLF_008)
         no_layer = await client.request({"action": "subscribe", "id": "n", "layer": "nowhere", "collection": "x"})
-        assert no_layer["type"] == "error" and no_layer["code"] == 404, no_layer
+        assert no_layer["type"] == "error" and no_layer["code"] == 403, no_layer
         reserved = await client.request(
             {"action": "subscribe", "id": "r", "layer": SYSTEM_LAYER, "collection": "users"}
         )
@@ -316,7 +323,8 @@ def test_series_subscribers_receive_new_samples_of_edge_uploads(live_hub: LiveHu
         answer = await refused.request({"action": "subscribe", "id": "v", "series": [key]})
         assert answer["type"] == "error" and answer["code"] == 403, answer
         unknown = await refused.request({"action": "subscribe", "id": "u", "series": ["no/such/series"]})
-        assert unknown["type"] == "error" and unknown["code"] == 404, unknown
+        assert unknown["type"] == "error" and unknown["code"] == 403, unknown  # as for a series it may not read
+        assert unknown["message"].replace("no/such/series", key) == answer["message"]
 
         await asyncio.to_thread(upload, live_hub, token, 3, 3)
         await asyncio.to_thread(upload, live_hub, token, 3, 3)  # a retried batch stores nothing new
@@ -481,5 +489,220 @@ def test_two_hubs_sharing_nats_deliver_each_write_once_to_subscribers_of_both(tm
                 assert sorted(ids) == ["n1", "n2", "n3", "z-a", "z-b"], ids
                 await client.pong()
                 await client.ws.close()
+
+        asyncio.run(scenario())
+
+
+# -- no probing: read access is checked before existence, as over REST --------------------------------
+
+COLLECTIONS = [
+    ("grid", "feeders"),
+    ("grid", "substations"),
+    ("nolayer", "x"),
+    (SYSTEM_LAYER, "users"),
+    ("bad name", "x"),
+]
+
+
+def test_subscribe_refusals_tell_what_exists_only_to_who_may_read_it_as_rest_does(live_hub: LiveHub) -> None:
+    callers = {
+        "nobody": live_hub.user("nobody", Role.CONSUMER),
+        "one": live_hub.user("one", Role.CONSUMER, grants=("grid/substations:read",)),
+        "layer": live_hub.user("layer", Role.CONSUMER, grants=("grid/*:read",)),
+        "admin": live_hub.admin,
+    }
+
+    async def codes(headers: dict[str, str]) -> tuple[list[int], list[int], list[str]]:
+        client, _ = await open_client(live_hub, headers=headers)
+        live, rest_codes, messages = [], [], []
+        async with live_hub.rest() as rest:
+            for i, (layer, collection) in enumerate(COLLECTIONS):
+                reply = await client.request({"action": "subscribe", "id": i, "layer": layer, "collection": collection})
+                live.append(200 if reply["type"] == "ok" else reply["code"])
+                messages.append(reply.get("message", ""))
+                response = await rest.get(f"/{layer}/{collection}", headers=headers)
+                rest_codes.append(response.status_code)
+        await client.ws.close()
+        return live, rest_codes, messages
+
+    async def scenario() -> dict[str, tuple[list[int], list[int], list[str]]]:
+        return {name: await codes(headers) for name, headers in callers.items()}
+
+    seen = asyncio.run(scenario())
+    for name, (live, rest_codes, _) in seen.items():
+        assert live == rest_codes, (name, live, rest_codes)
+    # grid/feeders (not listed), grid/substations, a missing layer, the reserved layer, an impossible name:
+    assert seen["nobody"][0] == [403, 403, 403, 404, 404]
+    assert seen["one"][0] == [403, 200, 403, 404, 404]
+    assert seen["layer"][0] == [404, 200, 403, 404, 404]
+    assert seen["admin"][0] == [404, 200, 404, 404, 404]
+    nobody = seen["nobody"][2]
+    assert nobody[0] == "user 'nobody' may not read grid/feeders"  # the same words as for what exists:
+    assert nobody[1] == "user 'nobody' may not read grid/substations"
+    assert nobody[2] == "user 'nobody' may not read nolayer/x"
+    assert "not listed" in seen["layer"][2][0] and "does not exist" in seen["admin"][2][2]
+
+
+def test_series_refusals_tell_what_exists_only_to_who_may_read_its_layer(live_hub: LiveHub) -> None:
+    key = "grid/substations/t1/load"
+    doc = {"_id": "t1", "measurements": {"load": {"value": 0.5, "timestamp": "2025-03-01T10:00:00Z"}}}
+    response = httpx.post(f"{live_hub.http_url}/api/v2/grid/substations", json=doc, headers=live_hub.admin)
+    assert response.is_success, response.text
+    nobody = live_hub.user("nobody", Role.CONSUMER)
+    reader = live_hub.user("reader", Role.CONSUMER, grants=("grid/substations:read",))
+    other = live_hub.user("other", Role.CONSUMER, grants=("grid/generators:read",))
+
+    async def answers(headers: dict[str, str], requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        client, _ = await open_client(live_hub, headers=headers)
+        replies = [await client.request({"action": "subscribe", "id": i, **r}) for i, r in enumerate(requests)]
+        await client.ws.close()
+        return replies
+
+    async def scenario() -> None:
+        existing, missing, in_grid = await answers(
+            nobody, [{"series": [key]}, {"series": ["nosuch/x"]}, {"series": ["nosuch/x"], "layer": "grid"}]
+        )
+        assert existing["code"] == missing["code"] == in_grid["code"] == 403, (existing, missing, in_grid)
+        assert missing["message"].replace("nosuch/x", key) == existing["message"]  # nothing tells them apart
+        assert "may not read series 'nosuch/x'" in missing["message"]
+        assert in_grid["message"] == "user 'nobody' may not read layer 'grid'"
+
+        ok, missing, in_grid, elsewhere, wrong_layer = await answers(
+            reader,
+            [
+                {"series": [key]},
+                {"series": ["nosuch/x"]},
+                {"series": ["nosuch/x"], "layer": "grid"},
+                {"series": ["nosuch/x"], "layer": "nolayer"},
+                {"series": [key], "layer": "edge"},
+            ],
+        )
+        assert ok == {"type": "ok", "action": "subscribe", "id": 0}
+        assert missing["code"] == 403, missing  # its layer is unknown: as for a series it may not read
+        assert "name its layer" in missing["message"]
+        assert in_grid["code"] == 404 and in_grid["message"] == "series 'nosuch/x' does not exist in layer 'grid'"
+        assert elsewhere["code"] == 403 and elsewhere["message"] == "user 'reader' may not read layer 'nolayer'"
+        assert wrong_layer["code"] == 403, wrong_layer  # 'edge' does not exist and it could not read it
+
+        [forbidden] = await answers(other, [{"series": [key]}])  # may read some collection of grid, not this one
+        assert forbidden["code"] == 403 and "may not read grid/substations" in forbidden["message"], forbidden
+
+        missing, in_other = await answers(
+            live_hub.admin, [{"series": ["nosuch/x"]}, {"series": [key], "layer": "nolayer"}]
+        )
+        assert (missing["code"], missing["message"]) == (404, "series 'nosuch/x' does not exist")
+        assert (in_other["code"], in_other["message"]) == (404, "layer 'nolayer' does not exist")
+
+    asyncio.run(scenario())
+
+
+# -- message size ---------------------------------------------------------------------------------------
+
+
+async def send_big(client: LiveClient, text: str) -> None:
+    """Send one text frame; the server may close the connection before the client has written all of it."""
+    with contextlib.suppress(ConnectionClosed):
+        await client.ws.send(text)
+
+
+def test_an_over_long_message_gets_error_400_and_close_1009_before_and_after_auth(live_hub: LiveHub) -> None:
+    long = json.dumps({"action": "ping", "pad": "x" * MAX_MESSAGE_CHARS})
+
+    async def scenario() -> None:
+        ws = await connect(live_hub.ws_url(), open_timeout=RECV_TIMEOUT)  # no credentials: auth comes first
+        anonymous = LiveClient(ws)
+        await send_big(anonymous, long)
+        messages, code, _ = await closed_with(anonymous)
+        assert code == CLOSE_TOO_BIG, (code, messages)
+        assert [(m["type"], m["code"]) for m in messages] == [("error", 400)], messages
+        assert f"exceeds the limit of {MAX_MESSAGE_CHARS}" in messages[0]["message"]
+
+        client, _ = await open_client(live_hub, headers=live_hub.admin)
+        await client.subscribe("s", **SUBSTATIONS)
+        await send_big(client, long)
+        messages, code, _ = await closed_with(client)
+        assert code == CLOSE_TOO_BIG and [(m["type"], m["code"]) for m in messages] == [("error", 400)], messages
+
+    asyncio.run(scenario())
+
+
+HUB_RUN = [sys.executable, "-m", "gridhub.hub.cli", "run"]
+
+
+@pytest.fixture
+def hub_command(tmp_path: Path) -> Iterator[int]:
+    """A real `gridhub hub run` (a separate process) on a free port; yields the port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*HUB_RUN, "--data-dir", str(tmp_path / "hub"), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(lambda: process.poll() is not None or port_open("127.0.0.1", port), "gridhub hub run to listen", 60)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        yield port
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def test_hub_run_refuses_frames_over_the_message_limit_before_reading_them(hub_command: int) -> None:
+    url = f"ws://127.0.0.1:{hub_command}/live/v1"
+    # The longest message allowed, in 4-byte UTF-8 characters: it reaches the hub, which answers it.
+    widest = json.dumps({"action": "auth", "userId": "u", "authToken": "t", "pad": ""}, ensure_ascii=False)
+    widest = widest.replace('"pad": ""', '"pad": "' + "\U0001f50c" * (MAX_MESSAGE_CHARS - len(widest)) + '"')
+    assert len(widest) == MAX_MESSAGE_CHARS and len(widest.encode()) > 4 * (MAX_MESSAGE_CHARS - 100)
+
+    async def scenario() -> None:
+        client = LiveClient(await connect(url, open_timeout=RECV_TIMEOUT))
+        await send_big(client, widest)
+        messages, code, _ = await closed_with(client)
+        assert code == CLOSE_POLICY and messages[0]["code"] == 401, (code, messages)
+        assert "auth: unknown member(s) pad" in messages[0]["message"]
+
+        # One byte over the frame limit: uvicorn refuses it (1009) without reading it; the hub says nothing.
+        client = LiveClient(await connect(url, open_timeout=RECV_TIMEOUT))
+        await send_big(client, "x" * (MAX_FRAME_BYTES + 1))
+        messages, code, _ = await closed_with(client)
+        assert (code, messages) == (CLOSE_TOO_BIG, [])
+
+    asyncio.run(scenario())
+
+
+# -- rate limit -----------------------------------------------------------------------------------------
+
+
+def test_subscribe_and_unsubscribe_spend_the_credentials_rate_limit(tmp_path: Path) -> None:
+    with run_hub(live_settings(tmp_path / "hub", rate_limit=4, rate_window=3600.0)) as hub:
+        app = hub.application("counted", Role.CONSUMER, grants=("grid/*:read",))
+
+        async def scenario() -> None:
+            client, _ = await open_client(hub, query=app)  # 1: the connect
+            await client.subscribe("a", **SUBSTATIONS)  # 2
+            await client.subscribe("b", layer="grid", collection="generators")  # 3
+            assert await client.request({"action": "unsubscribe", "id": "a"}) == {  # 4
+                "type": "ok",
+                "action": "unsubscribe",
+                "id": "a",
+            }
+            over = await client.request({"action": "subscribe", "id": "c", **SUBSTATIONS})
+            assert (over["type"], over["code"], over["id"]) == ("error", 429, "c"), over
+            assert "rate limit of 4 requests per 3600 s exceeded for app 'counted'" in over["message"]
+            over = await client.request({"action": "unsubscribe", "id": "b"})
+            assert (over["type"], over["code"], over["id"]) == ("error", 429, "b"), over
+            await client.pong()  # ping is free, and the connection stays open
+            async with hub.rest() as rest:  # the same bucket as the REST API's
+                assert (await rest.get("/grid/substations", params=app)).status_code == 429
+                assert (await rest.post("/grid/generators", json={"_id": "g"}, headers=hub.admin)).is_success
+            event = await client.recv()  # subscription b was kept
+            assert (event["sub"], event["id"]) == ("b", "g"), event
+            await client.ws.close()
 
         asyncio.run(scenario())

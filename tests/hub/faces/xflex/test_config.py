@@ -165,3 +165,14 @@ def test_a_layer_needs_label_description_and_collections(hub: Hub) -> None:
         "owner": "",
         **full,
     }
+
+
+def test_a_caller_who_may_not_read_a_layer_cannot_probe_what_exists(hub: Hub) -> None:
+    """PLF_008: 403 whether or not the layer or item exists; 404 only for one who could read it."""
+    stranger = hub.user("stranger", Role.CONSUMER)
+    reader = hub.user("gridreader", Role.CONSUMER, ("grid/substations:read",))
+    for path in ("nope/nope", "grid/grid", "grid/nothing", "grid/substations"):
+        assert hub.client.get(f"{CONFIG}/{path}", headers=stranger).status_code == 403, path
+    assert hub.client.get(f"{CONFIG}/grid/nothing", headers=reader).status_code == 404
+    granted_elsewhere = hub.user("ami", Role.CONSUMER, ("ami/meters:read",))
+    assert hub.client.get(f"{CONFIG}/ami/ami", headers=granted_elsewhere).status_code == 404  # no such layer yet

@@ -7,8 +7,11 @@ One connection = one authenticated caller = one bounded bus queue. The flow:
    :data:`AUTH_TIMEOUT` seconds (browsers cannot set headers on a WebSocket). The connect spends
    one request of the credential's rate limit. Failure: an ``error`` message (code 401, or 429
    when rate limited), then close 1008 (policy violation; 1013 "try again later" when rate limited).
-2. ``{"type": "connected", ...}``; then subscribe/unsubscribe messages, each answered ``ok`` or
-   ``error`` (with ``code`` 400/403/404 and a message); events carry the subscription id as ``sub``.
+2. ``{"type": "connected", ...}``; then subscribe/unsubscribe messages, each spending one request of
+   the credential's rate limit as a REST request does, each answered ``ok`` or ``error`` (with
+   ``code`` 400/403/404/429 and a message); events carry the subscription id as ``sub``. Read access
+   is checked before existence, as by the REST API (PLF_008). A message over MAX_MESSAGE_CHARS gets
+   an error (400) and close 1009; ``gridhub hub run`` has uvicorn refuse larger frames unread.
 3. Every ``live.auth_check_interval`` seconds the credential is checked again: an expired or
    revoked session closes the socket with 1008 and the reason; a subscription whose read grant
    was withdrawn ends with an ``error`` message.
@@ -30,12 +33,13 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from gridhub.hub.auth import Access, AuthenticationError, PolicyError, Principal
+from gridhub.hub.auth import Access, AuthenticationError, PolicyError, Principal, Role
 from gridhub.hub.auth.policy import can_access, is_reserved_layer, require_access, require_read_layer
 from gridhub.hub.bus import BusSubscription, LiveEvent
 from gridhub.hub.deps import FaceContext, RateLimited, Unauthenticated, authenticate_request
 from gridhub.hub.faces.live.protocol import (
     CollectionRequest,
+    MessageTooBig,
     ProtocolError,
     SeriesRequest,
     SubscriptionId,
@@ -43,12 +47,22 @@ from gridhub.hub.faces.live.protocol import (
     read_auth,
     read_subscribe,
     read_subscription_id,
+    shown,
 )
 from gridhub.hub.faces.live.selector import matches
-from gridhub.hub.model import Layer
+from gridhub.hub.model import Layer, ModelError, Series
 from gridhub.hub.store import NotFoundError, SelectorError, StoreError
 
-__all__ = ["AUTH_TIMEOUT", "CLOSE_POLICY", "CLOSE_TRY_AGAIN", "PATH", "PROTOCOL", "LiveConnection", "build_router"]
+__all__ = [
+    "AUTH_TIMEOUT",
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "PATH",
+    "PROTOCOL",
+    "LiveConnection",
+    "build_router",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +76,7 @@ MAX_SUBSCRIPTIONS = 100
 """Subscriptions one connection may hold."""
 CLOSE_POLICY = 1008  # RFC 6455 7.4.1: policy violation
 CLOSE_INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: the server met an unexpected condition
+CLOSE_TOO_BIG = 1009  # RFC 6455 7.4.1: a message too big to process
 CLOSE_TRY_AGAIN = 1013  # IANA WebSocket close code registry: try again later
 
 
@@ -197,10 +212,12 @@ class LiveConnection:
                     CLOSE_POLICY, "authentication required: the first message must be a JSON auth message", 401
                 ) from None
             try:
-                message = parse_message(text)
+                message = parse_message(text, members=False)
                 if message.get("action") != "auth":
                     raise ProtocolError("authentication required: the first message must be an auth message", 401)
                 user, secret = read_auth(message)
+            except MessageTooBig as exc:
+                raise _Closed(CLOSE_TOO_BIG, str(exc), 400) from None
             except ProtocolError as exc:
                 raise _Closed(CLOSE_POLICY, str(exc), 401) from None
         try:
@@ -230,10 +247,16 @@ class LiveConnection:
                     raise ProtocolError("already authenticated on this connection")
                 elif action == "unsubscribe":
                     sub_id = read_subscription_id(message)
+                    self._spend()
                     await self._unsubscribe(sub_id)
                 else:
-                    sub_id = message.get("id") if isinstance(message.get("id"), str | int) else None
-                    await self._subscribe(read_subscribe(message))
+                    with contextlib.suppress(ProtocolError):
+                        sub_id = read_subscription_id(message)  # a valid id is repeated in the answer
+                    request = read_subscribe(message)
+                    self._spend()
+                    await self._subscribe(request)
+            except MessageTooBig as exc:
+                raise _Closed(CLOSE_TOO_BIG, str(exc), 400) from None
             except ProtocolError as exc:
                 reply: dict[str, Any] = {"type": "error", "code": exc.code, "message": str(exc)}
                 if sub_id is not None:
@@ -262,6 +285,17 @@ class LiveConnection:
                 self.bus.want_series(request.keys, request.prefixes)
             await self.ws.send_json({"type": "ok", "action": "subscribe", "id": request.id})
 
+    def _spend(self) -> None:
+        """Spend one request of the credential's rate limit, as a REST request does; ProtocolError 429 when over it."""
+        assert self.principal is not None
+        wait = self.ctx.limiter.hit(f"{self.principal.kind}:{self.principal.id}")
+        if wait is not None:
+            raise ProtocolError(
+                f"rate limit of {self.ctx.settings.rate_limit} requests per {self.ctx.settings.rate_window:g} s "
+                f"exceeded for {self.principal.kind} {self.principal.name!r}; retry in {wait:.1f} s",
+                429,
+            )
+
     async def _unsubscribe(self, sub_id: SubscriptionId) -> None:
         assert self.bus is not None
         async with self.send_lock:
@@ -289,6 +323,22 @@ class LiveConnection:
         (self.layers if cache is None else cache)[layer_id] = found
         return found
 
+    def _find_layer(self, layer_id: str) -> Layer | None:
+        """Return a layer (into the connection's cache), None when it does not exist; 404 for a reserved one."""
+        if is_reserved_layer(layer_id):  # as the REST API: nobody may know more of these
+            raise ProtocolError(f"layer {layer_id!r} does not exist", 404)
+        try:
+            return self._layer(layer_id)
+        except ProtocolError:
+            return None
+
+    def _stand_in(self, layer_id: str) -> Layer:
+        """Return a layer of that name without owner or collections, to ask the policy about one that does not exist."""
+        try:
+            return Layer(id=layer_id, label=layer_id)
+        except ModelError:  # not a valid layer name: no such layer can exist for anyone
+            raise ProtocolError(f"layer {shown(layer_id)} does not exist", 404) from None
+
     def _require(self, layer: Layer, collection: str, what: str = "") -> None:
         assert self.principal is not None
         try:
@@ -296,38 +346,65 @@ class LiveConnection:
         except PolicyError as exc:
             raise ProtocolError(f"{exc}{what}", exc.status) from None
 
+    def _require_layer(self, layer: Layer) -> None:
+        """Require read access to some collection of layer (as GET /config/L/L does)."""
+        assert self.principal is not None
+        try:
+            require_read_layer(self.principal, layer)
+        except PolicyError as exc:
+            raise ProtocolError(str(exc), exc.status) from None
+
+    def _open_collection(self, layer_id: str, collection: str) -> Layer:
+        """Return the layer after checking the caller may read the collection, then that it exists.
+
+        As the REST API's open_collection (PLF_008): a caller who could not read the collection were it
+        there is refused 403 whether or not the layer or collection exists; only one who could learns
+        that it is missing (404).
+        """
+        found = self._find_layer(layer_id)
+        if found is None or found.collection(collection) is None:
+            self._require(found or self._stand_in(layer_id), collection)
+            if found is None:
+                raise ProtocolError(f"layer {layer_id!r} does not exist", 404)
+            raise ProtocolError(f"collection {collection!r} is not listed in layer {layer_id!r}", 404)
+        self._require(found, collection)
+        return found
+
+    def _open_layer(self, layer_id: str) -> Layer:
+        """Return the layer after checking the caller may read some collection of it, then that it exists."""
+        found = self._find_layer(layer_id)
+        self._require_layer(found or self._stand_in(layer_id))
+        if found is None:
+            raise ProtocolError(f"layer {layer_id!r} does not exist", 404)
+        return found
+
     def _authorise(self, request: CollectionRequest | SeriesRequest) -> _CollectionSub | _SeriesSub:
-        """Check a request against the store and the policy (in a worker thread); ProtocolError when refused."""
+        """Check a request against the policy and the store (in a worker thread); ProtocolError when refused.
+
+        Read access is checked before existence, so that a refusal tells nothing of what exists.
+        """
         assert self.principal is not None
         if isinstance(request, CollectionRequest):
-            layer = self._layer(request.layer)
-            if layer.collection(request.collection) is None:
-                raise ProtocolError(f"collection {request.collection!r} is not listed in layer {layer.id!r}", 404)
-            self._require(layer, request.collection)
+            layer = self._open_collection(request.layer, request.collection)
             matching: set[str] | None = None
             if request.selector is not None:
                 cap = self.ctx.settings.query_limit
                 try:
                     found = self.ctx.store.find_documents(layer.id, request.collection, request.selector, limit=cap + 1)
                 except SelectorError as exc:
-                    raise ProtocolError(str(exc)) from None
+                    text = str(exc)  # the store's message may quote the selector: at most ~100 characters of it
+                    raise ProtocolError(text if len(text) <= 200 else f"{text[:200]}...") from None
                 if len(found) > cap:
                     raise ProtocolError(f"selector matches more than {cap} documents (api.query_limit); narrow it")
                 matching = {a.id for a in found}
             return _CollectionSub(request, matching)
         sub = _SeriesSub(request)
         if request.layer is not None:
-            layer = self._layer(request.layer)
-            sub.layers.add(layer.id)
             if request.collection is not None:
-                if layer.collection(request.collection) is None:
-                    raise ProtocolError(f"collection {request.collection!r} is not listed in layer {layer.id!r}", 404)
-                self._require(layer, request.collection)
+                layer = self._open_collection(request.layer, request.collection)
             else:
-                try:
-                    require_read_layer(self.principal, layer)
-                except PolicyError as exc:
-                    raise ProtocolError(str(exc), exc.status) from None
+                layer = self._open_layer(request.layer)
+            sub.layers.add(layer.id)
             if request.prefixes:
                 for series in self.ctx.store.list_series(layer.id):
                     if any(series.key.startswith(p) for p in request.prefixes) and (
@@ -339,19 +416,44 @@ class LiveConnection:
                             f" (series {series.key!r} matches the prefix; name a collection or narrow the prefix)",
                         )
         for key in sorted(request.keys):
-            try:
-                series = self.ctx.store.get_series(key)
-            except NotFoundError:
-                raise ProtocolError(f"series {key!r} does not exist", 404) from None
-            if request.layer is not None and series.layer != request.layer:
-                raise ProtocolError(f"series {key!r} is not in layer {request.layer!r}", 404)
-            if is_reserved_layer(series.layer):
-                raise ProtocolError(f"series {key!r} does not exist", 404)
-            layer = self.layers.get(series.layer) or self._layer(series.layer)
-            self._require(layer, series.collection, f" (series {key!r})")
+            layer, series = self._open_series(key, request.layer)
             sub.layers.add(layer.id)
             sub.collections.add((layer.id, series.collection))
         return sub
+
+    def _open_series(self, key: str, layer_id: str | None) -> tuple[Layer, Series]:
+        """Return series key and its layer after checking the caller may read it, then that it exists.
+
+        The caller learns whether a series exists only when it may read some collection of its layer.
+        Without ``layer`` in the request the layer of a missing series is unknown: only a caller who may
+        read every layer (admin, operator) is told 404; any other gets the 403 it would get for a series
+        of a layer it may not read.
+        """
+        assert self.principal is not None
+        try:
+            series: Series | None = self.ctx.store.get_series(key)
+        except NotFoundError:
+            series = None
+        layer: Layer | None = None
+        if series is not None and layer_id in (None, series.layer) and not is_reserved_layer(series.layer):
+            layer = self._find_layer(series.layer)
+        hidden = ProtocolError(
+            f"{self.principal.kind} {self.principal.name!r} may not read series {shown(key)} "
+            "(or it does not exist; name its layer to be told which)",
+            403,
+        )
+        if series is None or layer is None:
+            if layer_id is not None:  # opened already: the caller may read some collection of it
+                raise ProtocolError(f"series {shown(key)} does not exist in layer {layer_id!r}", 404)
+            if self.principal.role in (Role.ADMIN, Role.OPERATOR):
+                raise ProtocolError(f"series {shown(key)} does not exist", 404)
+            raise hidden
+        try:
+            self._require_layer(layer)
+        except ProtocolError:
+            raise hidden from None
+        self._require(layer, series.collection, f" (series {shown(key)})")
+        return layer, series
 
     def _may_read(self, layer_id: str, collection: str) -> bool:
         """Tell whether the caller may read layer/collection (from the connection's cache of layers)."""
@@ -460,7 +562,6 @@ class LiveConnection:
         delivered meanwhile are still checked against the connection's cache.
         """
         assert self.principal is not None
-        principal = self.principal
         layers: dict[str, Layer] = {}
         revoked = []
         for sub_id, sub in list(self.subs.items()):
@@ -473,10 +574,7 @@ class LiveConnection:
                     self._layer(layer_id, layers)
                 request = sub.request
                 if request.layer is not None and request.collection is None:
-                    try:
-                        require_read_layer(principal, layers[request.layer])
-                    except PolicyError as exc:
-                        raise ProtocolError(str(exc), exc.status) from None
+                    self._require_layer(layers[request.layer])
                 elif request.layer is not None and request.collection is not None:
                     self._require(layers[request.layer], request.collection)
                 for layer_id, collection in sorted(sub.collections):

@@ -105,7 +105,17 @@ def _layer(ctx: Context, layer_id: str) -> Layer:
 )
 def get_config(layer: LayerPath, item: ItemPath, ctx: Context, principal: CurrentPrincipal) -> ConfigOut:
     """Return the configuration of the layer, one of its collections or one of its series."""
-    found = _layer(ctx, layer)
+    try:
+        found = _layer(ctx, layer)
+    except NotFoundError:
+        # PLF_008, as for collections: a caller who could not read this layer were it there gets 403,
+        # whether or not it exists; only one who could is told it is missing.
+        try:
+            stand_in = Layer(id=layer, label=layer)
+        except ModelError:  # not a valid layer name: no such layer can exist for anyone
+            raise XflexError(404, f"layer {layer!r} does not exist") from None
+        require_read_layer(principal, stand_in)
+        raise
     if item == layer:
         require_read_layer(principal, found)
         return ConfigOut(data=found.to_document())
@@ -114,6 +124,7 @@ def get_config(layer: LayerPath, item: ItemPath, ctx: Context, principal: Curren
         return ConfigOut(data=collection_document(found, item))
     series = _series(ctx, found, item)
     if series is None:
+        require_read_layer(principal, found)  # the same 403 as for an existing item the caller may not read
         raise XflexError(404, f"{item!r} is neither a collection nor a series of layer {layer!r}")
     if series.collection:
         require_access(principal, found, series.collection, Access.READ)
