@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -123,3 +125,71 @@ def test_demo_config_runs_the_simulator_and_thermal_apps(tmp_path: Path) -> None
     assert [a.iid for a in config.apps] == ["gridhub_simulator_01", "gridhub_thermal_01"]
     assert config.apps[0].config["clock_factor"] == 120.0
     assert "sensor/data/+/#" in config.storage.store
+
+
+def test_demo_edge_only_stops_on_ctrl_c_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    log = tmp_path / "demo.out"
+    command = [sys.executable, "-m", "gridhub.cli", "demo", "--edge-only", "--dir", str(folder),
+               "--port", str(free_port())]  # fmt: skip
+    # As a shell's background job or nohup starts it: SIGINT ignored, which exec passes on.
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", f"trap '' INT; exec {shlex.join(command)}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    data_dir = folder / "data"
+    try:
+        wait_for(lambda: state(data_dir, "gridhub_simulator_01") == "running" or proc.poll() is not None,
+                 "the simulator running", timeout=60)  # fmt: skip
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:  # SIGTERM stops the runtime and its apps (their own sessions)
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert "stopping the edge runtime" in log.read_text()
+    assert state(data_dir, "gridhub_simulator_01") == "stopped"  # shut down as section 6 says, not killed
+    assert state(data_dir, "gridhub_thermal_01") == "stopped"
+
+
+def test_demo_view_fits_80_columns_and_names_the_log_of_a_runtime_that_exited(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gridhub.cli import _demo_view
+    from gridhub.demo import Child, Platform, site_profiles
+
+    profiles = site_profiles(2)
+    platform = Platform(tmp_path / "demo", free_port(), profiles, [18830, 18831])  # no hub listens there
+    for profile, script in zip(profiles, ("import time; time.sleep(300)", "raise SystemExit(3)"), strict=True):
+        log = platform.edge_folder(profile.name) / "edge.log"
+        log.parent.mkdir(parents=True)
+        handle = log.open("ab")
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=handle, stderr=subprocess.STDOUT)
+        platform.edges.append(Child(profile.name, process, log, handle))
+    try:
+        platform.edges[1].process.wait(timeout=30)
+        console = Console(width=80, record=True, file=io.StringIO(), color_system=None)
+        console.print(_demo_view(platform))
+        text = console.export_text()
+    finally:
+        platform.stop(edge_timeout=10)
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), text
+    assert "hub" in lines[0] and "not reachable" in lines[0]
+    assert "edge runtime" in text
+    first = next(line for line in lines if "substation-01" in line)
+    second = next(line for line in lines if "substation-02" in line)
+    assert "running" in first
+    assert "exited (3)" in second  # the runtime column keeps its width
+    # Below the table, the failure and its whole log path (folded over lines, never cut short).
+    unfolded = "".join(text.split())
+    assert f"substation-02:edgeruntimeexitedwithcode3;see{platform.edges[1].log}" in unfolded, text

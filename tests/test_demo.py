@@ -178,3 +178,71 @@ def test_write_demo_config_quotes_strings(tmp_path: Path) -> None:
     value = 'say "hi" \\ [x]\nnext = 1'
     path = write_demo_config(tmp_path, port=1, clock_factor=1.0, simulator={"note": value})
     assert tomllib.loads(path.read_text())["app"][0]["config"]["note"] == value  # a string, never TOML syntax
+
+
+def _simulate_and_store(config_path: Path, minutes: int) -> int:
+    """Run the substation's simulator model as its edge.toml says and store what it publishes, as the edge does.
+
+    Return the newest reading's simulated time. After the readings come the metadata rows a
+    later start publishes (more than a page of them), as when a run stopped right after starting.
+    """
+    from gridhub.edge.apps.simulator import SimulatorConfig, SubstationModel
+    from gridhub.edge.config import load_config
+    from gridhub.edge.storage import StorageDB
+    from gridhub.formats.lvcap import encode_json
+
+    config = load_config(config_path)
+    model = SubstationModel(SimulatorConfig.from_container_config(config.apps[0].config))
+    storage = StorageDB(config.storage.database)
+    try:
+        newest = 0
+        for _ in range(minutes):
+            for reading in model.step_minute():
+                storage.store("gridhub_simulator_01", reading.sub_topic, encode_json(reading.obj.to_json()))
+                newest = max(newest, reading.timestamp)
+        meta_rows = 0
+        while meta_rows <= 1000:  # the reader goes back page by page (1000 rows) past them
+            for point in model.points:
+                meta = encode_json(point.metadata().to_json())
+                storage.store("gridhub_simulator_01", f"{point.sub_topic}/meta", meta)
+                meta_rows += 1
+    finally:
+        storage.close()
+    return newest
+
+
+def test_a_second_run_in_the_same_folder_continues_the_simulated_clock(tmp_path: Path) -> None:
+    import time
+
+    from gridhub.edge.apps.simulator import SimulatorConfig, SubstationModel
+    from gridhub.edge.config import load_config
+
+    folder = tmp_path / "substation-01"
+    first = write_demo_config(folder, port=18999, clock_factor=60.0, seed=1, uploader={"hub_url": "http://x"})
+    first_start = SimulatorConfig.from_container_config(load_config(first).apps[0].config).start
+    assert abs(first_start - (time.time() - 7 * 86400)) < 3600  # a fresh folder simulates from a week ago
+    newest = _simulate_and_store(first, minutes=90)
+    assert newest == first_start + 90 * 60
+
+    second = write_demo_config(folder, port=18999, clock_factor=60.0, seed=1, uploader={"hub_url": "http://x"})
+    settings = SimulatorConfig.from_container_config(load_config(second).apps[0].config)
+    assert settings.start == newest  # continues where the stored readings end...
+    following = SubstationModel(settings).step_minute()
+    assert min(r.timestamp for r in following) == newest + 10  # ...with the next tick: no period simulated twice
+    assert tomllib.loads(second.read_text())["app"][0]["config"]["start"] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)
+    )
+
+
+def test_a_folder_without_stored_readings_starts_a_week_ago(tmp_path: Path) -> None:
+    import calendar
+    import time
+
+    from gridhub.demo import simulated_time_reached
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "storage.sqlite").write_bytes(b"")  # an empty file: no tables, nothing stored
+    assert simulated_time_reached(tmp_path) is None
+    config = tomllib.loads(write_demo_config(tmp_path, port=1, clock_factor=1.0).read_text())
+    start = config["app"][0]["config"]["start"]
+    assert abs(calendar.timegm(time.strptime(start, "%Y-%m-%dT%H:%M:%SZ")) - (time.time() - 7 * 86400)) < 3600

@@ -13,6 +13,7 @@ import inspect
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,19 @@ def test_tutorial_code_runs(tmp_path: Path) -> None:
         timeout=100,
     )
     assert result.returncode == 0, f"the tutorial's tests failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+
+
+def test_hub_md_complete_file_sets_every_setting_at_its_default() -> None:
+    text = (DOCS / "hub.md").read_text(encoding="utf-8")
+    block = re.search(r"A complete file with every key at its default:\n\n```toml\n(.*?)\n```", text, re.DOTALL)
+    assert block, "docs/hub.md lost its complete settings file"
+    values = HubSettings.from_mapping(tomllib.loads(block[1]), where="docs/hub.md")  # refuses unknown keys
+    fields = dataclasses.fields(HubSettings)
+    missing = sorted(f.metadata["key"] for f in fields if f.name not in values)
+    assert not missing, f"docs/hub.md's complete file lacks {', '.join(missing)}"
+
+    def plain(value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple | list) else value
+
+    wrong = [f.metadata["key"] for f in fields if plain(values[f.name]) != plain(f.default)]
+    assert not wrong, f"docs/hub.md's complete file has other values than the defaults for {', '.join(wrong)}"

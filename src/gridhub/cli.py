@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -322,13 +322,22 @@ def _demo_banner(
     sys.stdout.flush()
 
 
-def _demo_table(platform: Any) -> Table:
-    """Render the demo's console view: per substation, its runtime, apps and what the hub stored."""
+def _demo_view(platform: Any) -> Group:
+    """Render the demo's console view: per substation, its runtime, apps and what the hub stored.
+
+    The table fits an 80-column terminal (long cells wrap); a runtime that exited gets a line of
+    its own below the table with the log to read, never cut short.
+    """
     reachable = platform.hub_reachable()
     hub_state = "[green]reachable[/]" if reachable else "[red]not reachable[/]"
     table = Table(title=f"hub {platform.url}: {hub_state}", title_justify="left")
-    for name in ("substation", "marketplace", "edge runtime", "apps", "rows uploaded", "last upload"):
-        table.add_column(name, no_wrap=name != "edge runtime")
+    table.add_column("substation", no_wrap=True)
+    table.add_column("marketplace", overflow="fold")
+    table.add_column("edge runtime", no_wrap=True, min_width=len("exited (255)"))
+    table.add_column("apps")
+    table.add_column("rows uploaded", justify="right", no_wrap=True)
+    table.add_column("last upload")
+    failures: list[Text] = []
     now = time.time()
     for row in platform.view():
         last = "-"
@@ -336,27 +345,30 @@ def _demo_table(platform: Any) -> Table:
             with contextlib.suppress(ValueError):
                 stamp = datetime.fromisoformat(row.last_upload.replace("Z", "+00:00")).timestamp()
                 last = f"{max(0.0, now - stamp):.0f} s ago"
+        runtime = Text(row.runtime, style="red" if row.failure else "")
         table.add_row(
             row.name,
             f"127.0.0.1:{row.port}",
-            row.runtime,
+            runtime,
             row.apps or "-",
             "-" if row.stored is None else f"{row.stored:,}",
             last,
         )
-    return table
+        if row.failure:
+            failures.append(Text(f"{row.name}: {row.failure}", style="red", overflow="fold"))
+    return Group(table, *failures)
 
 
 def _demo_watch(console: Console, platform: Any) -> None:
     """Show the substations until interrupted (KeyboardInterrupt)."""
     if console.is_terminal:
-        with Live(_demo_table(platform), console=console, refresh_per_second=1) as live:
+        with Live(_demo_view(platform), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(2.0)
-                live.update(_demo_table(platform))
+                live.update(_demo_view(platform))
     # Not a terminal (a log, a test): a snapshot every 30 s instead of a live view.
     while True:
-        console.print(_demo_table(platform))
+        console.print(_demo_view(platform))
         sys.stdout.flush()
         time.sleep(30.0)
 
@@ -372,20 +384,23 @@ def _demo_edge_only(folder: Path, port: int, clock_factor: float) -> None:
     console = Console()
     console.print(f"gridhub demo: configuration {config_path}; Ctrl-C to stop", highlight=False)
     stop = threading.Event()
-    # SIGTERM, or SIGHUP when the terminal closes: shut the apps down properly (section 6).
-    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C, SIGTERM, or SIGHUP when the terminal closes: shut the apps down properly (section 6).
+    # SIGINT is set explicitly too: a shell starting the demo in the background leaves it ignored.
+    # The handlers stay during the shutdown, so a second Ctrl-C does not cut it short.
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in stop_signals}
     try:
         runtime.start()
         with _watch(runtime) as view, Live(view.table(runtime), console=console, refresh_per_second=2) as live:
             while not stop.wait(0.5):
                 live.update(view.table(runtime))
-    except KeyboardInterrupt:
-        pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         console.print("stopping the edge runtime...")
-        runtime.stop()
+        try:
+            runtime.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 DEMO_POINTS = (

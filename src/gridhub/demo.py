@@ -27,6 +27,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ __all__ = [
     "SiteProfile",
     "free_port",
     "prepare_hub",
+    "simulated_time_reached",
     "site_profiles",
     "write_demo_config",
 ]
@@ -55,6 +57,7 @@ __all__ = [
 DEMO_ADMIN = "admin"
 """The demo hub's admin user."""
 UPLOADER = "gridhub_uploader_01"
+SIMULATOR = "gridhub_simulator_01"
 
 
 class DemoError(Exception):
@@ -132,14 +135,19 @@ def write_demo_config(
 ) -> Path:
     """Write a simulated substation's edge.toml and return its path.
 
-    The simulator (seed, simulating from a week ago at clock_factor, plus the simulator settings
-    given) and the thermal rating app (rated for the same transformer); with ``uploader`` (its
-    ContainerConfig: hub_url, site_token, ...) also the uploader, allowed to upload every table.
-    The marketplace is a managed Mosquitto when ``mosquitto`` is installed, else the embedded broker.
+    The simulator (seed, at clock_factor, plus the simulator settings given) and the thermal rating
+    app (rated for the same transformer); with ``uploader`` (its ContainerConfig: hub_url,
+    site_token, ...) also the uploader, allowed to upload every table. The simulated clock starts
+    a week ago, or, when the folder's edge storage already holds readings of the simulator (a
+    second run in the same folder), at the newest of them, so it continues where the last run
+    stopped instead of simulating (and uploading) the same period again. The marketplace is a
+    managed Mosquitto when ``mosquitto`` is installed, else the embedded broker.
     """
     folder.mkdir(parents=True, exist_ok=True)
     mode = "managed" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "embedded"
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400 * 7))
+    reached = simulated_time_reached(folder)
+    start_time = reached if reached is not None else int(time.time()) - 86400 * 7
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start_time))
     simulator_config = {"seed": seed, "start": start, "clock_factor": clock_factor, **(simulator or {})}
     thermal_config: dict[str, Any] = {}
     if "rated_power" in simulator_config:
@@ -178,6 +186,43 @@ store = ["sensor/data/+/#"]
         handle.write(text)
     path.chmod(0o600)
     return path
+
+
+def simulated_time_reached(folder: Path) -> int | None:
+    """Return the newest simulated time (UTC seconds) of the simulator's readings stored in folder's edge, if any.
+
+    The edge storage's own ``Timestamp`` column is the wall-clock time a row was stored; the
+    simulated time is the reading's ``Timestamp`` in the payload. Rows are read newest first, a
+    page at a time, until one holds a reading (metadata rows, published at every start, hold none).
+    """
+    database = folder / "data" / "storage.sqlite"
+    if not database.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            before = 2**63 - 1  # above every ID
+            while True:
+                page = conn.execute(
+                    f'SELECT ID, Data FROM "{SIMULATOR}" WHERE ID < ? ORDER BY ID DESC LIMIT 1000', (before,)
+                ).fetchall()
+                if not page:
+                    return None
+                stamps = [stamp for _, data in page if (stamp := _reading_time(data)) is not None]
+                if stamps:
+                    return max(stamps)
+                before = page[-1][0]
+    except sqlite3.Error:  # no such table yet, or not a storage database: nothing to continue from
+        return None
+
+
+def _reading_time(data: bytes) -> int | None:
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        body = json.loads(data)
+        if isinstance(body, dict):
+            stamp = body.get("Timestamp")
+            if isinstance(stamp, int) and not isinstance(stamp, bool):
+                return stamp
+    return None
 
 
 def free_port() -> int:
@@ -253,6 +298,7 @@ class SubstationView:
     name: str
     port: int
     runtime: str = "starting"
+    failure: str | None = None  # why the runtime stopped and where its log is, for a line of its own
     apps: str = ""
     stored: int | None = None
     received: int | None = None
@@ -350,7 +396,11 @@ class Platform:
         for profile, port, child in zip(self.profiles, self.ports, self.edges, strict=False):
             row = SubstationView(profile.name, port)
             code = child.process.poll()
-            row.runtime = "running" if code is None else f"exited ({code}), see {child.log}"
+            if code is None:
+                row.runtime = "running"
+            else:
+                row.runtime = f"exited ({code})"
+                row.failure = f"edge runtime exited with code {code}; see {child.log}"
             with contextlib.suppress(OSError, ValueError, KeyError):
                 apps = read_status(self.edge_folder(profile.name) / "data").get("apps", {})
                 running = sum(1 for info in apps.values() if info.get("state") == "running")
