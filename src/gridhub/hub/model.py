@@ -42,6 +42,7 @@ __all__ = [
     "Statistic",
     "check_field_names",
     "format_time",
+    "json_kind",
     "measurement_series_key",
     "normalise_dates",
     "parse_time",
@@ -758,3 +759,18 @@ def check_sequence(values: object, where: str) -> Sequence[Any]:
     if not isinstance(values, list | tuple):
         raise _fail(where, "a list", values)
     return values
+
+
+def json_kind(value: Any) -> str:
+    """Name a JSON value's type as the REST API's messages do ("a number", "an array", "null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    return "an object"

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridhub.hub.model import json_kind
+
 __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_MESSAGE_CHARS",
@@ -101,21 +103,6 @@ def shown(text: str) -> str:
     if len(text) <= MAX_ECHO_CHARS:
         return repr(text)
     return repr(text[:MAX_ECHO_CHARS]) + f"... ({len(text)} characters)"
-
-
-def json_kind(value: Any) -> str:
-    """Name a JSON value's type as the REST API's messages do ("a number", "an array", "null")."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string" if value else "an empty string"
-    if isinstance(value, list):
-        return "an array" if value else "an empty array"
-    return "an object"
 
 
 def got(value: Any) -> str:

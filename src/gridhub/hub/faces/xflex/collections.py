@@ -41,7 +41,7 @@ from gridhub.hub.faces.xflex.schemas import (
     UpdateOut,
     UpdateReport,
 )
-from gridhub.hub.model import Asset, Layer, ModelError, parse_time
+from gridhub.hub.model import Asset, Layer, ModelError, json_kind, parse_time
 from gridhub.hub.store import NotFoundError, SelectorError, StoreError
 
 __all__ = ["ROUTE_WORDS", "open_collection", "router", "selector_from_query"]
@@ -233,18 +233,6 @@ def _error(index: int, doc_id: str | None, message: str) -> DocumentError:
     return DocumentError.model_validate({"index": index, "_id": doc_id, "message": message})
 
 
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _body_documents(body: Any) -> list[Any]:
     """Return the documents of an object-or-array body; each item is judged by the caller (per document)."""
     if isinstance(body, bytes | bytearray):  # FastAPI passes a body it did not read as JSON through as bytes
@@ -253,11 +241,11 @@ def _body_documents(body: Any) -> list[Any]:
         return [body]
     if isinstance(body, list):
         return body
-    raise XflexError(400, f"body: expected a JSON object or an array of objects, got {_json_kind(body)}")
+    raise XflexError(400, f"body: expected a JSON object or an array of objects, got {json_kind(body)}")
 
 
 def _not_a_document(index: int, item: Any) -> DocumentError:
-    return _error(index, None, f"documents[{index}]: expected a JSON object, got {_json_kind(item)}")
+    return _error(index, None, f"documents[{index}]: expected a JSON object, got {json_kind(item)}")
 
 
 def _project(doc: dict[str, Any], field: str) -> dict[str, Any]:
