@@ -534,6 +534,10 @@ def render_mosquitto_conf(
             f"keyfile {server.key_file}",
             "require_certificate true",
             "use_identity_as_username true",
+            # Certificate logins skip the dynamic-security password check, and with it the client-id
+            # binding: without this an app's certificate could take another app's client id and drop
+            # its connection. The client id becomes the CN (= the APID, Table 4).
+            "use_username_as_clientid true",
             "tls_version tlsv1.2",
         ]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -57,3 +59,17 @@ def test_certificate_of_another_app_cannot_act_as_this_app(runtime: Runtime) -> 
     except ConnectRefused:
         return  # refused outright: the CN does not match the client id / username
     assert impostor.subscribe(f"config/response/{runtime.iid('secure')}", 1) == 0x80
+
+
+def test_a_certificate_cannot_take_over_another_apps_client_id(runtime: Runtime) -> None:
+    """Table 4: one connection per client id, and the client id is the app's: a client holding another
+    app's certificate that connects with this app's client id must not drop this app's connection."""
+    secure = runtime.client("secure", tls_cert=client_cert(runtime, runtime.app("secure").apid))
+    topic = f"sensor/data/{secure.iid}/alive"
+    assert secure.subscribe(topic, 1) == 1
+    with contextlib.suppress(ConnectRefused):
+        runtime.client("secure", tls_cert=client_cert(runtime, runtime.app("other").apid))
+    since = secure.mark()
+    secure.publish(topic, {"Value": 1.0, "Valid": True, "Timestamp": int(time.time())}, qos=1)
+    secure.wait_for(topic, since=since, what="(the app's own message, after the impostor's attempt)")
+    assert secure.client.is_connected() and not secure._disconnected
