@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gridhub.demo import write_demo_config
+from gridhub.demo import plural, write_demo_config
 from gridhub.edge.settings import ConfigError
 from gridhub.hub.cli import hub as hub_app
 
@@ -292,16 +292,11 @@ def demo(
         console.print(f"stopped; the data stays in {folder} (run again to continue)", highlight=False)
 
 
-def _plural(n: int, noun: str) -> str:
-    """``1 simulated substation``, ``3 simulated substations``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _demo_banner(
     console: Console, platform: Any, folder: Path, user: str, password: str | None, clock_factor: float
 ) -> None:
     lines = [
-        f"gridhub demo: the hub and {_plural(len(platform.profiles), 'simulated substation')}"
+        f"gridhub demo: the hub and {plural(len(platform.profiles), 'simulated substation')}"
         f" at {clock_factor:g}x real time",
         f"status page:  {platform.url}",
         f"user:         {user}",

@@ -48,6 +48,7 @@ __all__ = [
     "Platform",
     "SiteProfile",
     "free_port",
+    "plural",
     "prepare_hub",
     "simulated_time_reached",
     "site_profiles",
@@ -121,6 +122,11 @@ def _toml(value: Any) -> str:
 
 def _table(values: Mapping[str, Any]) -> str:
     return "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 simulated substation``, ``3 simulated substations``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def write_demo_config(
@@ -433,9 +439,7 @@ class Platform:
                 out.flush()
 
         if self.edges:
-            count = len(self.edges)
-            runtimes = "1 edge runtime" if count == 1 else f"{count} edge runtimes"
-            say(f"stopping {runtimes} (apps shut down as LV-CAP section 6 says)...")
+            say(f"stopping {plural(len(self.edges), 'edge runtime')} (apps shut down as LV-CAP section 6 says)...")
         for child in self.edges:
             _signal(child, signal.SIGTERM)
         for child in self.edges:
